@@ -1,0 +1,20 @@
+//! One file per subcommand. Commands resolve settings, call the library and
+//! render human or JSON output; they never parse bytes or do math.
+
+mod inspect;
+mod targets;
+
+pub use inspect::inspect;
+pub use targets::targets;
+
+use crate::cli::Command;
+use crate::exit::ExitStatus;
+use crate::printer::Printer;
+
+/// Runs one parsed subcommand.
+pub fn dispatch(command: Command, global: &crate::cli::GlobalArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    match command {
+        Command::Targets(cmd) => targets(&cmd, global, printer),
+        Command::Inspect(args) => inspect(&args, printer),
+    }
+}

@@ -1,0 +1,97 @@
+//! Process entry: parse flags, set up logging and threads, run a command and
+//! map its outcome to the documented exit codes.
+//!
+//! 0 success, 1 a check ran and failed (fit, verify), 2 usage or input error.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, GlobalArgs};
+use crate::printer::Printer;
+
+/// What a command reports when it did not fail with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Everything ran and every check passed.
+    Success,
+    /// A check ran and failed (a model does not fit, verification failed).
+    CheckFailed,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> Self {
+        match status {
+            ExitStatus::Success => ExitCode::SUCCESS,
+            ExitStatus::CheckFailed => ExitCode::from(1),
+        }
+    }
+}
+
+/// Exit code for usage and input errors.
+pub const EXIT_ERROR: u8 = 2;
+
+/// Runs the command line and returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() { EXIT_ERROR } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing(&cli.global);
+    if let Err(err) = init_threads(cli.global.threads) {
+        return report_error(&err);
+    }
+    let printer = Printer::from_args(&cli.global);
+    match crate::commands::dispatch(cli.command, &cli.global, &printer) {
+        Ok(status) => status.into(),
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => report_error(&err),
+    }
+}
+
+/// Prints an error and its causes on one line, as `error: outer: cause: root`.
+fn report_error(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {}", crate::printer::sanitize(&format!("{err:#}")));
+    ExitCode::from(EXIT_ERROR)
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_tracing(global: &GlobalArgs) {
+    let level = match (global.quiet, global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEFORGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("edgeforge={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "`--threads` must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("Cannot start {n} worker threads: {e}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! Model file formats: bounds-checked, mmap-backed readers and atomic writers.
+
+pub mod gguf;
+pub mod safetensors;

@@ -1,0 +1,15 @@
+//! edgeforge: turn trained models into verified, content-hashed artifacts for
+//! each class of edge device.
+//!
+//! The library owns every piece of real work (formats, targets, quantization);
+//! `commands` only orchestrate and render, `cli` only declares flags.
+
+pub mod cli;
+pub mod commands;
+pub mod exit;
+pub mod format;
+pub mod printer;
+pub mod quant;
+pub mod target;
+
+pub use exit::run;

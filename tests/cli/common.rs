@@ -1,0 +1,92 @@
+//! Shared helpers: the binary under test, real model locations, the Python
+//! reference environment.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub use assert_cmd::prelude::*;
+pub use predicates::prelude::*;
+
+/// The `edgeforge` binary with progress bars off and a clean environment.
+pub fn edgeforge() -> Command {
+    let mut cmd = Command::cargo_bin("edgeforge").expect("edgeforge binary is built by cargo test");
+    cmd.env("EDGEFORGE_NO_PROGRESS", "1")
+        .env_remove("EDGEFORGE_TARGETS")
+        .env_remove("EDGEFORGE_THREADS")
+        .current_dir(repo_root());
+    cmd
+}
+
+/// The repository root (where `Cargo.toml`, `targets/` and `tests/` live).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The real-model cache of `../shared/models/fetch.sh`. Panics with the fix
+/// when a model is missing: CI must not skip real-model tests silently.
+pub fn model_dir(name: &str) -> PathBuf {
+    let cache = std::env::var_os("EDGEFORGE_MODELS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+            Some(base.join("edgeforge-models"))
+        })
+        .expect("HOME or EDGEFORGE_MODELS is set");
+    let dir = cache.join(name);
+    assert!(
+        dir.join(".ok").exists(),
+        "real model `{name}` missing in {}: run ../shared/models/fetch.sh {name}",
+        dir.display()
+    );
+    dir
+}
+
+/// MiniLM's model folder.
+pub fn minilm() -> PathBuf {
+    model_dir("minilm")
+}
+
+/// SmolLM2's Q4_1 GGUF file.
+pub fn smollm2_gguf() -> PathBuf {
+    model_dir("smollm2").join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Reference results shipped beside the models.
+pub fn refs_dir() -> PathBuf {
+    repo_root().join("../shared/models/refs")
+}
+
+/// The Python with the reference packages (`gguf`, numpy): `$EDGEFORGE_PYTHON`,
+/// else the repo's `.venv` made by `.ci/run`.
+pub fn python() -> Command {
+    let python = std::env::var_os("EDGEFORGE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "reference Python missing at {}: run .ci/run's venv step (python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt)",
+        python.display()
+    );
+    let mut cmd = Command::new(python);
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+/// Runs a Python script from `tests/py/` with arguments; panics with its
+/// stderr when it fails. Returns stdout.
+pub fn run_py(script: &str, args: &[&Path]) -> String {
+    let out = python()
+        .arg(repo_root().join("tests/py").join(script))
+        .args(args)
+        .output()
+        .expect("python starts");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("python prints UTF-8")
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests of the `edgeforge` binary: one module per subcommand or
+//! format, sharing the helpers in `common`.
+
+mod common;
+mod gguf;
+mod inspect;
+mod quantize;
+mod safetensors;
+mod targets;
