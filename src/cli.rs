@@ -44,6 +44,14 @@ pub enum Command {
     Targets(TargetsCommand),
     /// Describe a model: architecture, parameters, dtypes, metadata, tensors
     Inspect(InspectArgs),
+    /// Quantize a model's weights for a device, with a per-tensor error report
+    ///
+    /// The scheme comes from `--scheme` (a scheme such as `Q8_0`, `int8_pc`,
+    /// or a llama.cpp-style mix such as `Q4_K_M`), from `--fit TARGET` (the
+    /// highest-quality plan that fits the target's memory budget) or from
+    /// `--bpw X` (an average bits-per-weight, bits spent where error grows
+    /// fastest). `--target` restricts every choice to what the device runs.
+    Quantize(QuantizeArgs),
 }
 
 /// `edgeforge targets ...`
@@ -80,4 +88,50 @@ pub struct InspectArgs {
     /// Also list every tensor: name, dtype, shape, bytes
     #[arg(long)]
     pub tensors: bool,
+}
+
+/// `edgeforge quantize MODEL --out FILE`
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// A model folder, `.safetensors` file or `.gguf` file
+    pub model: PathBuf,
+    /// Output file: `.gguf` or `.safetensors`
+    #[arg(short, long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Scheme or mix: F32, F16, BF16, Q8_0, Q5_1, Q5_0, Q4_1, Q4_0, Q6_K, Q5_K, Q4_K, Q3_K, Q2_K,
+    /// Q6_K_M, Q5_K_M, Q4_K_M, Q4_K_S, Q3_K_M, int8_pc, int4_g{32,64,128}_{sym,asym}
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["fit", "bpw"])]
+    pub scheme: Option<String>,
+    /// Restrict every choice to the schemes this target runs
+    #[arg(long, value_name = "TARGET")]
+    pub target: Option<String>,
+    /// Pick the highest-quality plan whose weights, KV cache and runtime fit TARGET's
+    /// model budget; exit 1 with the shortfall if none does
+    #[arg(long, value_name = "TARGET", conflicts_with_all = ["target", "bpw"])]
+    pub fit: Option<String>,
+    /// Reach this average bits per weight, spending bits where error grows fastest
+    #[arg(long, value_name = "X")]
+    pub bpw: Option<f64>,
+    /// Output container (default: from the output file's extension)
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormatArg>,
+    /// Context length for the KV cache in `--fit` (default: the target's)
+    #[arg(long, value_name = "N")]
+    pub context: Option<u64>,
+    /// Allow re-quantizing an already block-quantized input (errors compound)
+    #[arg(long)]
+    pub allow_requant: bool,
+    /// Replace an existing output file
+    #[arg(long)]
+    pub force: bool,
+    /// Plan and report sizes without writing anything
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Output containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormatArg {
+    Gguf,
+    Safetensors,
 }

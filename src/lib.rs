@@ -8,8 +8,11 @@ pub mod cli;
 pub mod commands;
 pub mod exit;
 pub mod format;
+pub mod memory;
+pub mod model;
 pub mod printer;
 pub mod quant;
 pub mod target;
+pub mod units;
 
 pub use exit::run;

@@ -2,9 +2,11 @@
 //! render human or JSON output; they never parse bytes or do math.
 
 mod inspect;
+mod quantize;
 mod targets;
 
 pub use inspect::inspect;
+pub use quantize::quantize;
 pub use targets::targets;
 
 use crate::cli::Command;
@@ -12,9 +14,14 @@ use crate::exit::ExitStatus;
 use crate::printer::Printer;
 
 /// Runs one parsed subcommand.
-pub fn dispatch(command: Command, global: &crate::cli::GlobalArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
+pub fn dispatch(
+    command: Command,
+    global: &crate::cli::GlobalArgs,
+    printer: &Printer,
+) -> anyhow::Result<ExitStatus> {
     match command {
         Command::Targets(cmd) => targets(&cmd, global, printer),
         Command::Inspect(args) => inspect(&args, printer),
+        Command::Quantize(args) => quantize(&args, global, printer),
     }
 }

@@ -3,6 +3,10 @@ use crate::exit::ExitStatus;
 use crate::printer::Printer;
 
 /// `edgeforge targets ...`
-pub fn targets(_cmd: &TargetsCommand, _global: &GlobalArgs, _printer: &Printer) -> anyhow::Result<ExitStatus> {
+pub fn targets(
+    _cmd: &TargetsCommand,
+    _global: &GlobalArgs,
+    _printer: &Printer,
+) -> anyhow::Result<ExitStatus> {
     anyhow::bail!("targets: work in progress")
 }

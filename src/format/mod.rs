@@ -1,4 +1,5 @@
 //! Model file formats: bounds-checked, mmap-backed readers and atomic writers.
 
+pub mod atomic;
 pub mod gguf;
 pub mod safetensors;

@@ -27,7 +27,10 @@ pub enum Scheme {
     /// int8, one f32 scale per output channel, symmetric.
     Int8PerChannel,
     /// 4-bit integers in groups of `group` input elements.
-    Int4Group { group: u16, symmetric: bool },
+    Int4Group {
+        group: u16,
+        symmetric: bool,
+    },
 }
 
 /// Group sizes the 4-bit group-wise scheme supports.
@@ -113,7 +116,11 @@ impl FromStr for Scheme {
             .find(|s| s.name().eq_ignore_ascii_case(name))
             .ok_or_else(|| UnknownScheme {
                 name: name.to_string(),
-                known: Scheme::all().iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
+                known: Scheme::all()
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 }

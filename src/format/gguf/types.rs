@@ -90,7 +90,10 @@ impl GgmlType {
 
     /// The type llama.cpp names `name` (case-insensitive).
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|t| t.name().eq_ignore_ascii_case(name))
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// Bits per weight of this encoding.

@@ -1,0 +1,126 @@
+//! Memory accounting shared by `quantize --fit` and `profile`: what a model
+//! needs resident on a device beside its weights.
+
+use serde::Serialize;
+
+use crate::model::Architecture;
+
+/// Bytes per KV-cache element: llama.cpp's default cache type is F16.
+pub const KV_CACHE_ELEM_BYTES: u64 = 2;
+
+/// KV-cache bytes for `context` tokens: layers × kv heads × head dim × 2
+/// (keys and values) × context × element size. Encoders keep no cache.
+pub fn kv_cache_bytes(arch: &Architecture, context: u64) -> u64 {
+    match arch {
+        Architecture::Llama(c) => {
+            let per_token =
+                c.num_hidden_layers as u64 * c.kv_heads() as u64 * c.head_dim() as u64 * 2;
+            per_token * context * KV_CACHE_ELEM_BYTES
+        }
+        Architecture::Bert(_) | Architecture::Other { .. } => 0,
+    }
+}
+
+/// Largest context a model supports, when known.
+pub fn max_context(arch: &Architecture) -> Option<u64> {
+    match arch {
+        Architecture::Llama(c) => Some(c.max_position_embeddings as u64),
+        Architecture::Bert(c) => Some(c.max_position_embeddings as u64),
+        Architecture::Other { .. } => None,
+    }
+}
+
+/// Peak activation working set for one sequence of `context` tokens in f32:
+/// the residual stream, the FFN hidden state, and one layer's attention
+/// scores (heads × context × context), which dominate for encoders.
+pub fn activation_bytes(arch: &Architecture, context: u64) -> u64 {
+    let (hidden, ffn, heads) = match arch {
+        Architecture::Llama(c) => (c.hidden_size, c.intermediate_size, c.num_attention_heads),
+        Architecture::Bert(c) => (c.hidden_size, c.intermediate_size, c.num_attention_heads),
+        Architecture::Other { .. } => return 0,
+    };
+    // A decoder attends one new token against the cache; an encoder builds the
+    // full context × context score matrix.
+    let scores = match arch {
+        Architecture::Llama(_) => heads as u64 * context,
+        _ => heads as u64 * context * context,
+    };
+    let rows = match arch {
+        Architecture::Llama(_) => 1,
+        _ => context,
+    };
+    4 * (rows * (4 * hidden as u64 + 2 * ffn as u64) + scores)
+}
+
+/// A model's resident memory on a device against its budget.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Footprint {
+    pub weights_bytes: u64,
+    pub kv_cache_bytes: u64,
+    pub activation_bytes: u64,
+    pub runtime_overhead_bytes: u64,
+    pub total_bytes: u64,
+    pub budget_bytes: u64,
+    pub context_tokens: u64,
+}
+
+impl Footprint {
+    /// Sums the parts for `weights_bytes` of weights at `context` tokens.
+    pub fn new(
+        arch: &Architecture,
+        weights_bytes: u64,
+        context: u64,
+        overhead_bytes: u64,
+        budget_bytes: u64,
+    ) -> Self {
+        let kv = kv_cache_bytes(arch, context);
+        let act = activation_bytes(arch, context);
+        Self {
+            weights_bytes,
+            kv_cache_bytes: kv,
+            activation_bytes: act,
+            runtime_overhead_bytes: overhead_bytes,
+            total_bytes: weights_bytes + kv + act + overhead_bytes,
+            budget_bytes,
+            context_tokens: context,
+        }
+    }
+
+    /// Whether everything fits the budget.
+    pub fn fits(&self) -> bool {
+        self.total_bytes <= self.budget_bytes
+    }
+
+    /// How far over budget, in MiB (0 when it fits).
+    pub fn shortfall_mib(&self) -> f64 {
+        self.total_bytes.saturating_sub(self.budget_bytes) as f64 / (1u64 << 20) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LlamaConfig;
+
+    #[test]
+    fn smollm2_kv_cache_matches_the_formula() {
+        let arch = Architecture::Llama(LlamaConfig {
+            vocab_size: 49152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: Some(3),
+            max_position_embeddings: 8192,
+            rms_norm_eps: 1e-5,
+            rope_theta: 100_000.0,
+            tie_word_embeddings: true,
+            head_dim: None,
+        });
+        // 30 layers × 3 kv heads × 64 dims × 2 (K and V) × 2048 tokens × 2 bytes
+        assert_eq!(kv_cache_bytes(&arch, 2048), 30 * 3 * 64 * 2 * 2048 * 2);
+        let f = Footprint::new(&arch, 100 << 20, 2048, 50 << 20, 100 << 20);
+        assert!(!f.fits());
+        assert!(f.shortfall_mib() > 50.0);
+    }
+}

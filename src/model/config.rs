@@ -1,0 +1,197 @@
+//! Typed model hyperparameters for the two architecture families we run:
+//! BERT-style encoders and LLaMA-style decoders, read from a Hugging Face
+//! `config.json` or from GGUF metadata (`<arch>.*` keys).
+
+use serde::{Deserialize, Serialize};
+
+/// A BERT-style encoder (post-LayerNorm blocks, GELU, learned positions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_ln_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+}
+
+/// A LLaMA-style decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+}
+
+impl LlamaConfig {
+    /// Key/value heads (equal to attention heads without GQA).
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+}
+
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_ln_eps() -> f64 {
+    1e-12
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+
+/// What a model is, as far as edgeforge can tell.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "family", rename_all = "lowercase")]
+pub enum Architecture {
+    Bert(BertConfig),
+    Llama(LlamaConfig),
+    /// A model we can inspect and quantize but not run: its declared type.
+    Other {
+        name: String,
+    },
+}
+
+impl Architecture {
+    /// Short family name: `bert`, `llama`, or the declared type.
+    pub fn name(&self) -> &str {
+        match self {
+            Architecture::Bert(_) => "bert",
+            Architecture::Llama(_) => "llama",
+            Architecture::Other { name } => name,
+        }
+    }
+
+    /// Number of transformer blocks, when known.
+    pub fn layers(&self) -> Option<usize> {
+        match self {
+            Architecture::Bert(c) => Some(c.num_hidden_layers),
+            Architecture::Llama(c) => Some(c.num_hidden_layers),
+            Architecture::Other { .. } => None,
+        }
+    }
+
+    /// Model width (d_model), when known.
+    pub fn hidden_size(&self) -> Option<usize> {
+        match self {
+            Architecture::Bert(c) => Some(c.hidden_size),
+            Architecture::Llama(c) => Some(c.hidden_size),
+            Architecture::Other { .. } => None,
+        }
+    }
+
+    /// A one-line description for humans.
+    pub fn summary(&self) -> String {
+        match self {
+            Architecture::Bert(c) => format!(
+                "bert encoder: {} layers, hidden {}, {} heads, ffn {}, vocab {}, max positions {}",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.intermediate_size,
+                c.vocab_size,
+                c.max_position_embeddings
+            ),
+            Architecture::Llama(c) => format!(
+                "llama decoder: {} blocks, d_model {}, {} heads / {} kv heads, ffn {}, vocab {}, context {}",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.kv_heads(),
+                c.intermediate_size,
+                c.vocab_size,
+                c.max_position_embeddings
+            ),
+            Architecture::Other { name } => format!("{name} (not a family edgeforge runs)"),
+        }
+    }
+}
+
+/// Reads the architecture from a Hugging Face `config.json` text.
+pub fn from_hf_config(text: &str) -> Result<Architecture, String> {
+    #[derive(Deserialize)]
+    struct Probe {
+        model_type: Option<String>,
+        #[serde(default)]
+        architectures: Vec<String>,
+    }
+    let probe: Probe = serde_json::from_str(text).map_err(|e| format!("Invalid JSON: {e}"))?;
+    let model_type = probe
+        .model_type
+        .or_else(|| probe.architectures.first().cloned())
+        .unwrap_or_else(|| "unknown".into());
+    let typed = |e: serde_json::Error| format!("Not a valid {model_type} config: {e}");
+    match model_type.as_str() {
+        "bert" => Ok(Architecture::Bert(
+            serde_json::from_str(text).map_err(typed)?,
+        )),
+        "llama" | "mistral" | "qwen2" => Ok(Architecture::Llama(
+            serde_json::from_str(text).map_err(typed)?,
+        )),
+        other => Ok(Architecture::Other {
+            name: other.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_bert_config() {
+        let text = r#"{"model_type":"bert","vocab_size":30522,"hidden_size":384,"num_hidden_layers":6,
+            "num_attention_heads":12,"intermediate_size":1536,"max_position_embeddings":512,"extra":1}"#;
+        let Architecture::Bert(c) = from_hf_config(text).unwrap() else {
+            panic!("not bert")
+        };
+        assert_eq!((c.hidden_size, c.type_vocab_size), (384, 2));
+    }
+
+    #[test]
+    fn names_the_missing_field() {
+        let err = from_hf_config(r#"{"model_type":"llama","vocab_size":10}"#).unwrap_err();
+        assert!(err.contains("missing field `hidden_size`"), "{err}");
+    }
+
+    #[test]
+    fn llama_head_dim_and_kv_heads_default_sensibly() {
+        let text = r#"{"model_type":"llama","vocab_size":49152,"hidden_size":576,"intermediate_size":1536,
+            "num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,"max_position_embeddings":8192}"#;
+        let Architecture::Llama(c) = from_hf_config(text).unwrap() else {
+            panic!("not llama")
+        };
+        assert_eq!((c.head_dim(), c.kv_heads()), (64, 3));
+    }
+}
