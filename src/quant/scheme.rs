@@ -125,6 +125,12 @@ impl FromStr for Scheme {
     }
 }
 
+impl serde::Serialize for Scheme {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 mod common;
 mod gguf;
 mod inspect;
+mod quant_kernels;
 mod quantize;
 mod safetensors;
 mod targets;

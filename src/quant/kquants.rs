@@ -1,0 +1,443 @@
+//! K-quants: 256-weight super-blocks in llama.cpp's layout, quantized with
+//! its reference scale search (`make_qkx2_quants` for Q4_K/Q5_K,
+//! `make_qx_quants` for Q6_K; no importance weights), and decoded for every
+//! K type (Q2_K..Q6_K) as the `gguf` package does.
+//!
+//! Layouts (little endian), per 256 weights:
+//! - Q4_K (144 B): `d: f16`, `dmin: f16`, `scales: [u8; 12]` (8 six-bit scales
+//!   and 8 six-bit mins, packed), `qs: [u8; 128]`; sub-block j of 32:
+//!   `x = d*sc_j*q - dmin*m_j`.
+//! - Q5_K (176 B): as Q4_K plus `qh: [u8; 32]` (the 5th bits) before `qs`.
+//! - Q6_K (210 B): `ql: [u8; 128]`, `qh: [u8; 64]`, `scales: [i8; 16]`,
+//!   `d: f16`; sub-block j of 16: `x = d*sc_j*(q - 32)`.
+//! - Q2_K (84 B), Q3_K (110 B): decoded only.
+
+use super::float::{f16_at, put_f16};
+
+pub const QK_K: usize = 256;
+pub const Q4_K_BYTES: usize = 144;
+pub const Q5_K_BYTES: usize = 176;
+pub const Q6_K_BYTES: usize = 210;
+
+/// Below this, a group is treated as all zeros (ggml's GROUP_MAX_EPS).
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// Round to nearest, ties to even, as ggml's `nearest_int` (its float trick
+/// rounds in the FPU's default mode).
+#[inline]
+fn nearest_int(x: f32) -> i32 {
+    x.round_ties_even() as i32
+}
+
+/// Scale search for symmetric codes in [-nmax, nmax-1] (ggml's
+/// `make_qx_quants` with rmse_type 1: weights x²). Writes codes + nmax to `l`.
+fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for &v in x {
+            let q = code(iscale, v) as f32;
+            let w = v * v;
+            sumlx += w * v * q;
+            suml2 += w * q * q;
+        }
+        (sumlx, suml2)
+    };
+    let mut iscale = -(nmax as f32) / max;
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 > 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    let mut best_iscale = iscale;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+            best_iscale = iscale;
+        }
+    }
+    for (o, &v) in l.iter_mut().zip(x) {
+        *o = (code(best_iscale, v) + nmax) as u8;
+    }
+    scale
+}
+
+/// Scale-and-min search for codes in [0, nmax] (ggml's `make_qkx2_quants`).
+/// Returns (scale, min as a positive offset: x ≈ scale*q - min).
+fn make_qkx2_quants(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    l: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let n = x.len();
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        min = min.min(x[i]);
+        max = max.max(x[i]);
+        sum_w += weights[i];
+        sum_x += weights[i] * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l[..n].fill(0);
+        return (0.0, -min);
+    }
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for i in 0..n {
+        let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l[i] = q as u8;
+        let diff = scale * q as f32 + min - x[i];
+        best_error += weights[i] * diff * diff;
+    }
+    let mut aux = [0u8; 32];
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            aux[i] = q as u8;
+            let (w, q) = (weights[i], q as f32);
+            sum_l += w * q;
+            sum_l2 += w * q * q;
+            sum_xl += w * q * x[i];
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0f32;
+            for i in 0..n {
+                let diff = this_scale * f32::from(aux[i]) + this_min - x[i];
+                cur_error += weights[i] * diff * diff;
+            }
+            if cur_error < best_error {
+                l[..n].copy_from_slice(&aux[..n]);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// Six-bit scale and min of sub-block j from the 12-byte packed array.
+#[inline]
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// The shared first half of Q4_K/Q5_K: per-sub-block scale search, packed
+/// six-bit scales, then final codes against the rounded scales.
+fn k_scales_and_codes(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    head: &mut [u8],
+    codes: &mut [u8; QK_K],
+) {
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let mut weights = [0f32; 32];
+    for j in 0..8 {
+        let sub = &x[32 * j..32 * j + 32];
+        let av_x = (sub.iter().map(|v| v * v).sum::<f32>() / 32.0).sqrt();
+        for (w, v) in weights.iter_mut().zip(sub) {
+            *w = av_x + v.abs();
+        }
+        (scales[j], mins[j]) = make_qkx2_quants(
+            sub,
+            &weights,
+            nmax,
+            &mut codes[32 * j..32 * j + 32],
+            rmin,
+            0.1,
+            nstep,
+        );
+    }
+    let max_scale = scales.iter().fold(0f32, |a, &s| if s > a { s } else { a });
+    let max_min = mins.iter().fold(0f32, |a, &m| if m > a { m } else { a });
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let packed = &mut head[4..16];
+    packed.fill(0);
+    for j in 0..8 {
+        let ls = nearest_int(inv_scale * scales[j]).min(63) as u8;
+        let lm = nearest_int(inv_min * mins[j]).min(63) as u8;
+        if j < 4 {
+            packed[j] = ls;
+            packed[j + 4] = lm;
+        } else {
+            packed[j + 4] = (ls & 0x0f) | ((lm & 0x0f) << 4);
+            packed[j - 4] |= (ls >> 4) << 6;
+            packed[j] |= (lm >> 4) << 6;
+        }
+    }
+    let d = put_f16(head, 0, max_scale / 63.0);
+    let dmin = put_f16(head, 2, max_min / 63.0);
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &head[4..16]);
+        let dj = d * f32::from(sc);
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = dmin * f32::from(m);
+        for ii in 0..32 {
+            codes[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / dj).clamp(0, nmax) as u8;
+        }
+    }
+}
+
+/// One Q4_K super-block.
+pub fn q4_k(x: &[f32], out: &mut [u8]) {
+    let mut codes = [0u8; QK_K];
+    k_scales_and_codes(x, 15, -1.0, 20, &mut out[..16], &mut codes);
+    let qs = &mut out[16..16 + 128];
+    for (c, chunk) in codes.chunks_exact(64).enumerate() {
+        for l in 0..32 {
+            qs[32 * c + l] = chunk[l] | (chunk[l + 32] << 4);
+        }
+    }
+}
+
+/// One Q5_K super-block.
+pub fn q5_k(x: &[f32], out: &mut [u8]) {
+    let mut codes = [0u8; QK_K];
+    k_scales_and_codes(x, 31, -0.5, 15, &mut out[..16], &mut codes);
+    let (qh, qs) = out[16..].split_at_mut(32);
+    qh.fill(0);
+    for (c, chunk) in codes.chunks_exact(64).enumerate() {
+        for j in 0..32 {
+            let (mut l1, mut l2) = (chunk[j], chunk[j + 32]);
+            if l1 > 15 {
+                l1 -= 16;
+                qh[j] |= 1 << (2 * c);
+            }
+            if l2 > 15 {
+                l2 -= 16;
+                qh[j] |= 2 << (2 * c);
+            }
+            qs[32 * c + j] = l1 | (l2 << 4);
+        }
+    }
+}
+
+/// One Q6_K super-block.
+pub fn q6_k(x: &[f32], out: &mut [u8]) {
+    let mut codes = [0u8; QK_K];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut max_abs) = (0f32, 0f32);
+    for ib in 0..16 {
+        let s = make_qx_quants(
+            &x[16 * ib..16 * ib + 16],
+            32,
+            &mut codes[16 * ib..16 * ib + 16],
+        );
+        scales[ib] = s;
+        if s.abs() > max_abs {
+            max_abs = s.abs();
+            max_scale = s;
+        }
+    }
+    if max_abs < GROUP_MAX_EPS {
+        out[..Q6_K_BYTES].fill(0);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let d = put_f16(out, 208, 1.0 / iscale);
+    for ib in 0..16 {
+        out[192 + ib] = nearest_int(iscale * scales[ib]).min(127) as i8 as u8;
+    }
+    for j in 0..16 {
+        let dj = d * f32::from(out[192 + j] as i8);
+        if dj == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            codes[16 * j + ii] = (nearest_int(x[16 * j + ii] / dj).clamp(-32, 31) + 32) as u8;
+        }
+    }
+    let (ql, rest) = out.split_at_mut(128);
+    let qh = &mut rest[..64];
+    for half in 0..2 {
+        let l = &codes[128 * half..128 * half + 128];
+        for i in 0..32 {
+            ql[64 * half + i] = (l[i] & 0xf) | ((l[i + 64] & 0xf) << 4);
+            ql[64 * half + i + 32] = (l[i + 32] & 0xf) | ((l[i + 96] & 0xf) << 4);
+            qh[32 * half + i] = (l[i] >> 4)
+                | ((l[i + 32] >> 4) << 2)
+                | ((l[i + 64] >> 4) << 4)
+                | ((l[i + 96] >> 4) << 6);
+        }
+    }
+}
+
+/// Decodes one Q2_K block.
+pub fn dq2_k(b: &[u8], out: &mut [f32]) {
+    let (scales, qs) = (&b[..16], &b[16..80]);
+    let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+    for (i, o) in out.iter_mut().enumerate().take(QK_K) {
+        let (chunk, rem) = (i / 128, i % 128);
+        let (shift, l) = (rem / 32, rem % 32);
+        let q = (qs[32 * chunk + l] >> (2 * shift)) & 3;
+        let sc = scales[i / 16];
+        *o = d * f32::from(sc & 0xf) * f32::from(q) - dmin * f32::from(sc >> 4);
+    }
+}
+
+/// Decodes one Q3_K block.
+pub fn dq3_k(b: &[u8], out: &mut [f32]) {
+    let (hmask, qs, sc) = (&b[..32], &b[32..96], &b[96..108]);
+    let d = f16_at(b, 108);
+    for (i, o) in out.iter_mut().enumerate().take(QK_K) {
+        let s = i / 16;
+        let low = (sc[s % 8] >> (4 * (s / 8))) & 0x0f;
+        let high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+        let scale = f32::from(((low | (high << 4)) as i8) - 32);
+        let (chunk, rem) = (i / 128, i % 128);
+        let (shift, l) = (rem / 32, rem % 32);
+        let ql = (qs[32 * chunk + l] >> (2 * shift)) & 3;
+        let hbit = (hmask[l] >> (i / 32)) & 1;
+        let q = ql as i8 - if hbit == 0 { 4 } else { 0 };
+        *o = d * scale * f32::from(q);
+    }
+}
+
+/// Decodes one Q4_K block.
+pub fn dq4_k(b: &[u8], out: &mut [f32]) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let qs = &b[16..144];
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &b[4..16]);
+        let (dj, mj) = (d * f32::from(sc), dmin * f32::from(m));
+        for l in 0..32 {
+            let byte = qs[32 * (j / 2) + l];
+            let q = if j % 2 == 0 { byte & 0xf } else { byte >> 4 };
+            out[32 * j + l] = dj * f32::from(q) - mj;
+        }
+    }
+}
+
+/// Decodes one Q5_K block.
+pub fn dq5_k(b: &[u8], out: &mut [f32]) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let (qh, qs) = (&b[16..48], &b[48..176]);
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &b[4..16]);
+        let (dj, mj) = (d * f32::from(sc), dmin * f32::from(m));
+        for l in 0..32 {
+            let byte = qs[32 * (j / 2) + l];
+            let low = if j % 2 == 0 { byte & 0xf } else { byte >> 4 };
+            let q = low | (((qh[l] >> j) & 1) << 4);
+            out[32 * j + l] = dj * f32::from(q) - mj;
+        }
+    }
+}
+
+/// Decodes one Q6_K block.
+pub fn dq6_k(b: &[u8], out: &mut [f32]) {
+    let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
+    let d = f16_at(b, 208);
+    for (i, o) in out.iter_mut().enumerate().take(QK_K) {
+        let (half, r) = (i / 128, i % 128);
+        let (quarter, l) = (r / 32, r % 32);
+        let byte = ql[64 * half + 32 * (quarter % 2) + l];
+        let low = if quarter < 2 { byte & 0xf } else { byte >> 4 };
+        let high = (qh[32 * half + l] >> (2 * quarter)) & 3;
+        let q = ((low | (high << 4)) as i8) - 32;
+        *o = d * f32::from(sc[i / 16] as i8) * f32::from(q);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signal() -> Vec<f32> {
+        (0..QK_K)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * if i % 7 == 0 { 3.0 } else { 1.0 })
+            .collect()
+    }
+
+    fn rel_rmse(x: &[f32], y: &[f32]) -> f32 {
+        let mse: f32 =
+            x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / x.len() as f32;
+        let var: f32 = x.iter().map(|a| a * a).sum::<f32>() / x.len() as f32;
+        (mse / var).sqrt()
+    }
+
+    #[test]
+    fn k_quants_round_trip_with_error_ordered_by_bits() {
+        let x = signal();
+        let mut errs = Vec::new();
+        for (enc, dec, bytes) in [
+            (
+                q6_k as fn(&[f32], &mut [u8]),
+                dq6_k as fn(&[u8], &mut [f32]),
+                Q6_K_BYTES,
+            ),
+            (q5_k, dq5_k, Q5_K_BYTES),
+            (q4_k, dq4_k, Q4_K_BYTES),
+        ] {
+            let mut b = vec![0u8; bytes];
+            enc(&x, &mut b);
+            let mut y = vec![0f32; QK_K];
+            dec(&b, &mut y);
+            errs.push(rel_rmse(&x, &y));
+        }
+        assert!(errs[0] < errs[1] && errs[1] < errs[2], "{errs:?}");
+        assert!(errs[2] < 0.12, "{errs:?}");
+    }
+
+    #[test]
+    fn zero_super_block_decodes_to_zero() {
+        let x = vec![0f32; QK_K];
+        let mut b = vec![0u8; Q6_K_BYTES];
+        q6_k(&x, &mut b);
+        let mut y = vec![1f32; QK_K];
+        dq6_k(&b, &mut y);
+        assert!(y.iter().all(|v| *v == 0.0));
+    }
+}
