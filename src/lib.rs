@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod exit;
 pub mod format;
+pub mod llamacpp;
 pub mod memory;
 pub mod model;
 pub mod printer;

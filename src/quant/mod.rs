@@ -4,6 +4,8 @@
 //! Every kernel encodes each block from its own input only, and rows are
 //! split into fixed chunks, so output bytes never depend on the thread count.
 
+pub mod apply;
+pub mod bpw;
 pub mod float;
 pub mod grouped;
 pub mod kquants;

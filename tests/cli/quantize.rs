@@ -1,2 +1,245 @@
-#[allow(unused_imports)]
+//! `edgeforge quantize` end to end on the real models.
+
+use std::path::Path;
+
+use serde_json::Value;
+
 use crate::common::*;
+
+fn quantize_json(args: &[&str], model: &Path, out: &Path) -> (Option<i32>, Value, String) {
+    let o = edgeforge()
+        .arg("quantize")
+        .arg(model)
+        .arg("-o")
+        .arg(out)
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (o.status.code(), v, stderr)
+}
+
+#[test]
+fn minilm_k_quant_mix_reads_through_gguf_within_the_reported_rmse() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("minilm.gguf");
+    let (code, report, stderr) = quantize_json(&["--scheme", "Q4_K_M"], &minilm(), &out);
+    assert_eq!(code, Some(0), "{stderr}");
+    let tensors = report["tensors"].as_array().unwrap();
+    // 103 float tensors minus the pooler (2) that llama.cpp's BERT converter drops.
+    assert_eq!(tensors.len(), 101);
+    assert!(tensors
+        .iter()
+        .all(|t| !t["name"].as_str().unwrap().starts_with("pooler")));
+    let by = |name: &str| {
+        tensors
+            .iter()
+            .find(|t| t["out_name"] == name)
+            .unwrap()
+            .clone()
+    };
+    // llama.cpp's use_more_bits over 6 layers picks layers 2 and 5.
+    assert_eq!(
+        by("blk.2.ffn_down.weight")["scheme"],
+        "Q6_K",
+        "sensitive layer gets more bits"
+    );
+    assert_eq!(by("blk.0.ffn_down.weight")["scheme"], "Q4_K");
+    assert_eq!(
+        by("blk.2.ffn_up.weight")["scheme"],
+        "Q5_0",
+        "row 384 falls back from Q4_K like llama.cpp"
+    );
+    assert!(by("blk.2.ffn_up.weight")["note"]
+        .as_str()
+        .unwrap()
+        .contains("fallback"));
+    assert_eq!(by("blk.0.attn_output_norm.weight")["scheme"], "F32");
+    let report_path = dir.path().join("report.json");
+    std::fs::write(&report_path, serde_json::to_vec(&report).unwrap()).unwrap();
+    let st = minilm().join("model.safetensors");
+    let stdout = run_py("gguf_rmse.py", &[&out, &report_path, &st]);
+    assert!(stdout.starts_with("ok: 101 tensors"), "{stdout}");
+}
+
+#[test]
+fn minilm_q8_0_gguf_has_llama_cpp_bert_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let (code, _, stderr) = quantize_json(&["--scheme", "Q8_0"], &minilm(), &out);
+    assert_eq!(code, Some(0), "{stderr}");
+    let f = edgeforge::format::gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(f.architecture(), Some("bert"));
+    assert_eq!(f.get_u64("bert.block_count"), Some(6));
+    assert_eq!(
+        f.get_u64("bert.pooling_type"),
+        Some(1),
+        "mean pooling from 1_Pooling/config.json"
+    );
+    assert_eq!(f.get_u64("tokenizer.ggml.cls_token_id"), Some(101));
+    assert_eq!(f.get_u64("general.file_type"), Some(7));
+    let Some(edgeforge::format::gguf::MetaValue::Array(tokens)) = f.get("tokenizer.ggml.tokens")
+    else {
+        panic!()
+    };
+    assert_eq!(tokens.len(), 30522);
+    assert_eq!(tokens.values[101].as_str(), Some("[CLS]"));
+    assert_eq!(tokens.values[2023].as_str(), Some("\u{2581}this"));
+}
+
+#[test]
+fn output_bytes_do_not_depend_on_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut digests = Vec::new();
+    for threads in ["1", "2"] {
+        let out = dir.path().join(format!("t{threads}.gguf"));
+        let st = edgeforge()
+            .args(["--threads", threads, "quantize"])
+            .arg(minilm())
+            .args(["--scheme", "Q4_K_M", "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(st.status.success());
+        digests.push(std::fs::read(&out).unwrap());
+    }
+    assert!(digests[0] == digests[1]);
+}
+
+#[test]
+fn fit_picks_per_target_and_exits_1_when_nothing_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, rpi, _) = quantize_json(
+        &["--fit", "rpi5-8gb", "--dry-run"],
+        &minilm(),
+        &dir.path().join("a.safetensors"),
+    );
+    assert_eq!(code, Some(0));
+    let (code, coral, _) = quantize_json(
+        &["--fit", "coral-dev-board", "--dry-run"],
+        &minilm(),
+        &dir.path().join("b.safetensors"),
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(rpi["preset"], "F16");
+    assert_eq!(
+        coral["preset"], "int8_pc",
+        "the Edge TPU runs only int8 per-channel"
+    );
+    assert!(
+        coral["footprint"]["total_bytes"].as_u64() <= coral["footprint"]["budget_bytes"].as_u64()
+    );
+
+    let out = dir.path().join("esp.safetensors");
+    let (code, v, stderr) = quantize_json(&["--fit", "esp32-s3-8mb"], &minilm(), &out);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(v["fits"], false);
+    assert!(
+        stderr.contains("Nothing fits esp32-s3-8mb") && stderr.contains("missing it by"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "no output when nothing fits");
+}
+
+#[test]
+fn target_restricts_schemes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, v, stderr) = quantize_json(
+        &["--scheme", "int4_g32_asym", "--target", "coral-dev-board"],
+        &minilm(),
+        &dir.path().join("c.safetensors"),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let schemes: std::collections::BTreeSet<&str> = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["scheme"].as_str().unwrap())
+        .collect();
+    assert!(
+        schemes.contains("int8_pc") && !schemes.contains("int4_g32_asym"),
+        "{schemes:?}"
+    );
+}
+
+#[test]
+fn bpw_search_reaches_the_budget_spending_bits_unevenly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, v, stderr) = quantize_json(
+        &["--bpw", "6.0", "--dry-run"],
+        &minilm(),
+        &dir.path().join("x.gguf"),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let bpw = v["bits_per_weight"].as_f64().unwrap();
+    assert!(bpw <= 6.0 && bpw > 5.0, "{bpw}");
+    let (code, _, stderr) = quantize_json(
+        &["--bpw", "1.0", "--dry-run"],
+        &minilm(),
+        &dir.path().join("x.gguf"),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("out of reach"), "{stderr}");
+}
+
+#[test]
+fn requantizing_needs_allow_requant_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.gguf");
+    let (code, _, stderr) = quantize_json(&["--scheme", "Q8_0"], &smollm2_gguf(), &out);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--allow-requant"), "{stderr}");
+    let (code, v, stderr) = quantize_json(
+        &["--scheme", "Q8_0", "--allow-requant"],
+        &smollm2_gguf(),
+        &out,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(v["tensors"].as_array().unwrap().len(), 272);
+    let f = edgeforge::format::gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(
+        f.get_str("tokenizer.chat_template").map(|s| s.len()),
+        Some(368),
+        "tokenizer metadata kept"
+    );
+    let before = std::fs::read(&out).unwrap();
+    let (code, _, stderr) = quantize_json(
+        &["--scheme", "Q4_0", "--allow-requant"],
+        &smollm2_gguf(),
+        &out,
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("already exists"), "{stderr}");
+    assert!(std::fs::read(&out).unwrap() == before);
+}
+
+#[test]
+fn bad_input_is_one_line_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (vec!["--scheme", "Q7_K"], "Unknown scheme `Q7_K`"),
+        (
+            vec!["--scheme", "Q8_0", "--target", "nope"],
+            "Unknown target `nope`",
+        ),
+        (vec!["--scheme", "int8_pc"], "is a safetensors encoding"),
+    ] {
+        let (code, _, stderr) = quantize_json(&args, &minilm(), &dir.path().join("o.gguf"));
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+    }
+    let (code, _, stderr) = quantize_json(
+        &["--scheme", "Q8_0"],
+        &minilm(),
+        &dir.path().join("missing-dir/o.gguf"),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no partial files left"
+    );
+}
