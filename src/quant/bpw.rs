@@ -99,7 +99,7 @@ pub fn fit_bits(
             let bytes = quant::encoded_bytes(s, t.n_elems, row).expect("row checked");
             steps.push((s, bytes, e.rmse * e.rmse * t.n_elems as f64));
         }
-        steps.sort_by(|a, b| b.1.cmp(&a.1));
+        steps.sort_by_key(|step| std::cmp::Reverse(step.1));
         options.push(Some(Options { steps, at: 0 }));
     }
     let params = plan.parameters() as f64;

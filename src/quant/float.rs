@@ -43,13 +43,13 @@ pub fn decode_bf16(src: &[u8], dst: &mut [f32]) {
 }
 
 /// An f16 stored in two little-endian bytes, read as f32.
-#[inline]
+#[inline(always)]
 pub fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
 /// Stores `x` as f16 at `at`, returning the value it rounds to.
-#[inline]
+#[inline(always)]
 pub fn put_f16(b: &mut [u8], at: usize, x: f32) -> f32 {
     let h = f16::from_f32(x);
     b[at..at + 2].copy_from_slice(&h.to_le_bytes());

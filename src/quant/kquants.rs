@@ -24,13 +24,14 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Round to nearest, ties to even, as ggml's `nearest_int` (its float trick
 /// rounds in the FPU's default mode).
-#[inline]
+#[inline(always)]
 fn nearest_int(x: f32) -> i32 {
     x.round_ties_even() as i32
 }
 
 /// Scale search for symmetric codes in [-nmax, nmax-1] (ggml's
 /// `make_qx_quants` with rmse_type 1: weights x²). Writes codes + nmax to `l`.
+#[inline(always)]
 fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
@@ -79,6 +80,7 @@ fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
 
 /// Scale-and-min search for codes in [0, nmax] (ggml's `make_qkx2_quants`).
 /// Returns (scale, min as a positive offset: x ≈ scale*q - min).
+#[inline(always)]
 fn make_qkx2_quants(
     x: &[f32],
     weights: &[f32],
@@ -152,7 +154,7 @@ fn make_qkx2_quants(
 }
 
 /// Six-bit scale and min of sub-block j from the 12-byte packed array.
-#[inline]
+#[inline(always)]
 fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
@@ -166,6 +168,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 
 /// The shared first half of Q4_K/Q5_K: per-sub-block scale search, packed
 /// six-bit scales, then final codes against the rounded scales.
+#[inline(always)]
 fn k_scales_and_codes(
     x: &[f32],
     nmax: i32,
@@ -231,6 +234,7 @@ fn k_scales_and_codes(
 }
 
 /// One Q4_K super-block.
+#[inline(always)]
 pub fn q4_k(x: &[f32], out: &mut [u8]) {
     let mut codes = [0u8; QK_K];
     k_scales_and_codes(x, 15, -1.0, 20, &mut out[..16], &mut codes);
@@ -243,6 +247,7 @@ pub fn q4_k(x: &[f32], out: &mut [u8]) {
 }
 
 /// One Q5_K super-block.
+#[inline(always)]
 pub fn q5_k(x: &[f32], out: &mut [u8]) {
     let mut codes = [0u8; QK_K];
     k_scales_and_codes(x, 31, -0.5, 15, &mut out[..16], &mut codes);
@@ -265,6 +270,7 @@ pub fn q5_k(x: &[f32], out: &mut [u8]) {
 }
 
 /// One Q6_K super-block.
+#[inline(always)]
 pub fn q6_k(x: &[f32], out: &mut [u8]) {
     let mut codes = [0u8; QK_K];
     let mut scales = [0f32; 16];

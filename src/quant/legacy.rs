@@ -24,13 +24,13 @@ pub const Q5_0_BYTES: usize = 22;
 pub const Q5_1_BYTES: usize = 24;
 
 /// Rounds half away from zero (C `roundf`), as ggml's Q8_0 reference does.
-#[inline]
+#[inline(always)]
 fn round_away(x: f32) -> f32 {
     x.round()
 }
 
 /// The value with the largest magnitude (first one on ties), sign kept.
-#[inline]
+#[inline(always)]
 fn signed_absmax(x: &[f32; QK]) -> f32 {
     let mut amax = 0f32;
     let mut max = 0f32;
@@ -43,7 +43,7 @@ fn signed_absmax(x: &[f32; QK]) -> f32 {
     max
 }
 
-#[inline]
+#[inline(always)]
 fn min_max(x: &[f32; QK]) -> (f32, f32) {
     let mut min = x[0];
     let mut max = x[0];
@@ -54,7 +54,7 @@ fn min_max(x: &[f32; QK]) -> (f32, f32) {
     (min, max)
 }
 
-#[inline]
+#[inline(always)]
 fn inverse(d: f32) -> f32 {
     if d == 0.0 {
         0.0
@@ -64,7 +64,7 @@ fn inverse(d: f32) -> f32 {
 }
 
 /// One Q8_0 block.
-#[inline]
+#[inline(always)]
 pub fn q8_0(x: &[f32; QK], out: &mut [u8]) {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     let d = amax / 127.0;
@@ -76,7 +76,7 @@ pub fn q8_0(x: &[f32; QK], out: &mut [u8]) {
 }
 
 /// One Q4_0 block.
-#[inline]
+#[inline(always)]
 pub fn q4_0(x: &[f32; QK], out: &mut [u8]) {
     let d = signed_absmax(x) / -8.0;
     let id = inverse(d);
@@ -88,7 +88,7 @@ pub fn q4_0(x: &[f32; QK], out: &mut [u8]) {
 }
 
 /// One Q4_1 block.
-#[inline]
+#[inline(always)]
 pub fn q4_1(x: &[f32; QK], out: &mut [u8]) {
     let (min, max) = min_max(x);
     let d = (max - min) / 15.0;
@@ -101,6 +101,7 @@ pub fn q4_1(x: &[f32; QK], out: &mut [u8]) {
     }
 }
 
+#[inline(always)]
 fn pack5(q: &[u8; QK], out: &mut [u8]) {
     let mut qh = 0u32;
     for (j, &v) in q.iter().enumerate() {
@@ -113,7 +114,7 @@ fn pack5(q: &[u8; QK], out: &mut [u8]) {
 }
 
 /// One Q5_0 block.
-#[inline]
+#[inline(always)]
 pub fn q5_0(x: &[f32; QK], out: &mut [u8]) {
     let d = signed_absmax(x) / -16.0;
     let id = inverse(d);
@@ -126,7 +127,7 @@ pub fn q5_0(x: &[f32; QK], out: &mut [u8]) {
 }
 
 /// One Q5_1 block.
-#[inline]
+#[inline(always)]
 pub fn q5_1(x: &[f32; QK], out: &mut [u8]) {
     let (min, max) = min_max(x);
     let d = (max - min) / 31.0;

@@ -396,7 +396,7 @@ fn preset_choice(
 /// eighth, and every third layer in between.
 fn use_more_bits(layer: usize, n_layers: usize) -> bool {
     let eighth = n_layers / 8;
-    layer < eighth || layer >= 7 * n_layers / 8 || (layer >= eighth && (layer - eighth) % 3 == 2)
+    layer < eighth || layer >= 7 * n_layers / 8 || (layer - eighth) % 3 == 2
 }
 
 /// `attn_v` and `ffn_down` (and their Hugging Face names) are where

@@ -135,7 +135,8 @@ pub fn check(t: &TargetSpec) -> Result<(), Problem> {
     positive("workload.batch", t.workload.batch as f64)?;
     fraction("accuracy.max_cosine_drop", t.accuracy.max_cosine_drop)?;
     fraction("accuracy.min_top1_agreement", t.accuracy.min_top1_agreement)?;
-    if !(t.accuracy.max_perplexity_increase_pct >= 0.0) {
+    let ppl = t.accuracy.max_perplexity_increase_pct;
+    if ppl.is_nan() || ppl < 0.0 {
         return Err((
             "accuracy.max_perplexity_increase_pct".into(),
             "Must be 0 or more".into(),

@@ -145,12 +145,9 @@ fn our_gguf_reads_back_identically_through_the_gguf_package() {
             MetaValue::Array(a) => ("array", gguf::value::type_name(a.elem_type)),
             other => (gguf::value::type_name(other.type_id()), ""),
         };
-        let ty_name = match ty {
-            "string" => "string",
-            "bool" => "bool",
-            t => t,
-        };
-        expect_meta.push(json!({"key": key, "type": ty_name, "value": json_value, "elem_type": gguf_py_type(elem)}));
+        expect_meta.push(
+            json!({"key": key, "type": ty, "value": json_value, "elem_type": gguf_py_type(elem)}),
+        );
         w.add_kv(key, value);
     }
     for m in &mut expect_meta {
