@@ -37,7 +37,7 @@ pub enum QuantError {
         got: usize,
         want: usize,
     },
-    #[error("Decoding {0} is not supported")]
+    #[error("{0} is not supported")]
     Unsupported(String),
 }
 
@@ -139,7 +139,7 @@ pub fn quantize(scheme: Scheme, src: &[f32], row_len: usize) -> Result<Encoded, 
         });
     }
     if !can_encode(scheme) {
-        return Err(QuantError::Unsupported(format!("encoding to {scheme}")));
+        return Err(QuantError::Unsupported(format!("Encoding to {scheme}")));
     }
     let rows = src.len() / row_len;
     let chunk_rows = rows_per_task(row_len);
@@ -340,7 +340,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Qua
         GgmlType::Q4_K => kquants::dq4_k,
         GgmlType::Q5_K => kquants::dq5_k,
         GgmlType::Q6_K => kquants::dq6_k,
-        other => return Err(QuantError::Unsupported(other.name().into())),
+        other => return Err(QuantError::Unsupported(format!("Decoding {other}"))),
     };
     let (be, bb) = (ty.block_elems() as usize, ty.block_bytes() as usize);
     // Plain types decode in one call per task; block types per block.

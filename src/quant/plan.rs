@@ -92,7 +92,7 @@ pub enum Preset {
 }
 
 /// The K-quant mixes, named as llama.cpp names them.
-pub const KMIXES: [Preset; 5] = [
+pub const KMIXES: [Preset; 4] = [
     Preset::KMix {
         name: "Q6_K_M",
         base: Scheme::Q6K,
@@ -117,12 +117,6 @@ pub const KMIXES: [Preset; 5] = [
         more: Scheme::Q5K,
         all_sensitive_layers: false,
     },
-    Preset::KMix {
-        name: "Q3_K_M",
-        base: Scheme::Q3K,
-        more: Scheme::Q5K,
-        all_sensitive_layers: true,
-    },
 ];
 
 impl Preset {
@@ -131,7 +125,15 @@ impl Preset {
         if let Some(mix) = KMIXES.iter().find(|p| p.name().eq_ignore_ascii_case(name)) {
             return Ok(*mix);
         }
-        name.parse::<Scheme>().map(Preset::Uniform).map_err(|e| {
+        let scheme = name.parse::<Scheme>();
+        if let Ok(s) = scheme {
+            if !quant::can_encode(s) {
+                return Err(format!(
+                    "{s} is read (dequantized) but not written yet; use Q4_K or Q4_0"
+                ));
+            }
+        }
+        scheme.map(Preset::Uniform).map_err(|e| {
             let mixes: Vec<String> = KMIXES.iter().map(Preset::name).collect();
             format!("{e}; or a mix: {}", mixes.join(", "))
         })

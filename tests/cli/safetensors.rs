@@ -108,3 +108,71 @@ fn header_length_beyond_the_file_is_named() {
         "huge.safetensors: Header length 18446744073709551615 is larger than the 2 bytes after it",
     ));
 }
+
+#[test]
+fn sharded_checkpoint_inspects_as_one_model() {
+    use edgeforge::format::atomic::Overwrite;
+    use edgeforge::format::safetensors::{Dtype, SafetensorsStream, TensorSpec};
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    let shard = |file: &str, name: &str, rows: usize| {
+        let spec = TensorSpec {
+            name: name.into(),
+            dtype: Dtype::BF16,
+            shape: vec![rows, 8],
+        };
+        let mut w = SafetensorsStream::create(
+            &dir.path().join(file),
+            &[spec],
+            &BTreeMap::new(),
+            Overwrite::Deny,
+        )
+        .unwrap();
+        w.write_tensor(&vec![0u8; rows * 8 * 2]).unwrap();
+        w.finish().unwrap();
+    };
+    shard(
+        "model-00001-of-00002.safetensors",
+        "model.embed_tokens.weight",
+        16,
+    );
+    shard(
+        "model-00002-of-00002.safetensors",
+        "model.layers.0.mlp.up_proj.weight",
+        4,
+    );
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        r#"{"metadata":{},"weight_map":{"model.embed_tokens.weight":"model-00001-of-00002.safetensors",
+            "model.layers.0.mlp.up_proj.weight":"model-00002-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    let out = edgeforge()
+        .arg("inspect")
+        .arg(dir.path())
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["parameters"], 160);
+    assert_eq!(v["by_dtype"]["BF16"]["tensors"], 2);
+    assert_eq!(v["by_role"]["embedding"]["elements"], 128);
+
+    // An index naming a tensor its shard does not hold is an input error.
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        r#"{"weight_map":{"ghost.weight":"model-00001-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    edgeforge()
+        .arg("inspect")
+        .arg(dir.path())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("maps tensor `ghost.weight` to shard `model-00001-of-00002.safetensors`, which does not hold it"));
+}
