@@ -239,7 +239,7 @@ fn fit(
             .allowed
             .as_ref()
             .is_none_or(|a| a.contains(&preset.base()));
-        if !crate::quant::can_encode(preset.base()) || !runs_base {
+        if !runs_base {
             continue;
         }
         let Ok(plan) = plan::plan(&model.tensors, preset, c) else {

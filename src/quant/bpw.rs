@@ -82,7 +82,7 @@ pub fn fit_bits(
         let row = t.row_len();
         let candidates: Vec<Scheme> = ladder(gguf)
             .into_iter()
-            .filter(|s| quant::can_encode(*s) && quant::supports_row(*s, row))
+            .filter(|s| quant::supports_row(*s, row))
             .filter(|s| allowed.is_none_or(|a| a.contains(s)))
             .collect();
         if candidates.is_empty() {

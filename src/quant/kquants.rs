@@ -10,11 +10,14 @@
 //! - Q5_K (176 B): as Q4_K plus `qh: [u8; 32]` (the 5th bits) before `qs`.
 //! - Q6_K (210 B): `ql: [u8; 128]`, `qh: [u8; 64]`, `scales: [i8; 16]`,
 //!   `d: f16`; sub-block j of 16: `x = d*sc_j*(q - 32)`.
-//! - Q2_K (84 B), Q3_K (110 B): decoded only.
+//! - Q2_K (84 B): `scales: [u8; 16]` (4-bit scale | 4-bit min << 4), `qs: [u8; 64]`, `d`, `dmin`.
+//! - Q3_K (110 B): `hmask: [u8; 32]`, `qs: [u8; 64]`, `scales: [u8; 12]` (16 six-bit), `d`.
 
 use super::float::{f16_at, put_f16};
 
 pub const QK_K: usize = 256;
+pub const Q2_K_BYTES: usize = 84;
+pub const Q3_K_BYTES: usize = 110;
 pub const Q4_K_BYTES: usize = 144;
 pub const Q5_K_BYTES: usize = 176;
 pub const Q6_K_BYTES: usize = 210;
@@ -78,6 +81,17 @@ fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
     scale
 }
 
+/// The candidate-scale sweep of `make_qkx2_quants`: `nstep + 1` inverse
+/// scales from `(nmax + rmin) / range` in steps of `rdelta / range`, scored by
+/// weighted squared error, or absolute error with `use_mad`.
+#[derive(Clone, Copy)]
+struct Search {
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+}
+
 /// Scale-and-min search for codes in [0, nmax] (ggml's `make_qkx2_quants`).
 /// Returns (scale, min as a positive offset: x ≈ scale*q - min).
 #[inline(always)]
@@ -86,10 +100,14 @@ fn make_qkx2_quants(
     weights: &[f32],
     nmax: i32,
     l: &mut [u8],
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
+    search: Search,
 ) -> (f32, f32) {
+    let Search {
+        rmin,
+        rdelta,
+        nstep,
+        use_mad,
+    } = search;
     let n = x.len();
     let mut min = x[0];
     let mut max = x[0];
@@ -115,7 +133,7 @@ fn make_qkx2_quants(
         let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
         l[i] = q as u8;
         let diff = scale * q as f32 + min - x[i];
-        best_error += weights[i] * diff * diff;
+        best_error += weights[i] * if use_mad { diff.abs() } else { diff * diff };
     }
     let mut aux = [0u8; 32];
     for is in 0..=nstep {
@@ -140,7 +158,7 @@ fn make_qkx2_quants(
             let mut cur_error = 0f32;
             for i in 0..n {
                 let diff = this_scale * f32::from(aux[i]) + this_min - x[i];
-                cur_error += weights[i] * diff * diff;
+                cur_error += weights[i] * if use_mad { diff.abs() } else { diff * diff };
             }
             if cur_error < best_error {
                 l[..n].copy_from_slice(&aux[..n]);
@@ -191,9 +209,12 @@ fn k_scales_and_codes(
             &weights,
             nmax,
             &mut codes[32 * j..32 * j + 32],
-            rmin,
-            0.1,
-            nstep,
+            Search {
+                rmin,
+                rdelta: 0.1,
+                nstep,
+                use_mad: false,
+            },
         );
     }
     let max_scale = scales.iter().fold(0f32, |a, &s| if s > a { s } else { a });
@@ -318,6 +339,186 @@ pub fn q6_k(x: &[f32], out: &mut [u8]) {
                 | ((l[i + 96] >> 4) << 6);
         }
     }
+}
+
+/// Symmetric codes in [-nmax, nmax-1] refined one weight at a time while
+/// the weighted fit improves (ggml's `make_q3_quants` with `do_rmse`).
+/// Writes codes + nmax to `l`; returns the scale.
+#[inline(always)]
+fn make_q3_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let mut q = [0i32; 16];
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for (qi, &v) in q.iter_mut().zip(x) {
+        *qi = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+        let w = v * v;
+        sumlx += w * v * *qi as f32;
+        suml2 += w * (*qi * *qi) as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = 0;
+        for (i, &v) in x.iter().enumerate() {
+            let w = v * v;
+            let cur = q[i] as f32;
+            let mut slx = sumlx - w * v * cur;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * cur * cur;
+                let new_l = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != q[i] {
+                    slx += w * v * new_l as f32;
+                    sl2 += w * (new_l * new_l) as f32;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        q[i] = new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed += 1;
+                    }
+                }
+            }
+        }
+        if changed == 0 {
+            break;
+        }
+    }
+    for (o, &qi) in l.iter_mut().zip(&q) {
+        *o = (qi + nmax) as u8;
+    }
+    sumlx / suml2
+}
+
+/// Packs 2-bit codes: byte l of each 32-byte run holds codes l, l+32, l+64, l+96 of a 128 chunk.
+#[inline(always)]
+fn pack2(codes: &[u8; QK_K], qs: &mut [u8]) {
+    for half in 0..2 {
+        let c = &codes[128 * half..128 * half + 128];
+        for l in 0..32 {
+            qs[32 * half + l] = c[l] | (c[l + 32] << 2) | (c[l + 64] << 4) | (c[l + 96] << 6);
+        }
+    }
+}
+
+/// One Q2_K super-block: 16 sub-blocks of 16, 4-bit scale and min each.
+#[inline(always)]
+pub fn q2_k(x: &[f32], out: &mut [u8]) {
+    let mut codes = [0u8; QK_K];
+    let mut scales = [0f32; 16];
+    let mut mins = [0f32; 16];
+    let mut weights = [0f32; 16];
+    for j in 0..16 {
+        let sub = &x[16 * j..16 * j + 16];
+        for (w, v) in weights.iter_mut().zip(sub) {
+            *w = v.abs();
+        }
+        (scales[j], mins[j]) = make_qkx2_quants(
+            sub,
+            &weights,
+            3,
+            &mut codes[16 * j..16 * j + 16],
+            Search {
+                rmin: -0.5,
+                rdelta: 0.1,
+                nstep: 15,
+                use_mad: true,
+            },
+        );
+    }
+    let max_scale = scales.iter().fold(0f32, |a, &s| if s > a { s } else { a });
+    let max_min = mins.iter().fold(0f32, |a, &m| if m > a { m } else { a });
+    const Q4SCALE: f32 = 15.0;
+    out[..16].fill(0);
+    let d = if max_scale > 0.0 {
+        let iscale = Q4SCALE / max_scale;
+        for j in 0..16 {
+            out[j] = nearest_int(iscale * scales[j]) as u8;
+        }
+        put_f16(out, 80, max_scale / Q4SCALE)
+    } else {
+        put_f16(out, 80, 0.0)
+    };
+    let dmin = if max_min > 0.0 {
+        let iscale = Q4SCALE / max_min;
+        for j in 0..16 {
+            out[j] |= (nearest_int(iscale * mins[j]) as u8) << 4;
+        }
+        put_f16(out, 82, max_min / Q4SCALE)
+    } else {
+        put_f16(out, 82, 0.0)
+    };
+    for j in 0..16 {
+        let dj = d * f32::from(out[j] & 0xf);
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = dmin * f32::from(out[j] >> 4);
+        for ii in 0..16 {
+            codes[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / dj).clamp(0, 3) as u8;
+        }
+    }
+    pack2(&codes, &mut out[16..80]);
+}
+
+/// One Q3_K super-block: 16 sub-blocks of 16, signed 6-bit scales.
+#[inline(always)]
+pub fn q3_k(x: &[f32], out: &mut [u8]) {
+    let mut codes = [0u8; QK_K];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut amax) = (0f32, 0f32);
+    for j in 0..16 {
+        scales[j] = make_q3_quants(&x[16 * j..16 * j + 16], 4, &mut codes[16 * j..16 * j + 16]);
+        if scales[j].abs() > amax {
+            amax = scales[j].abs();
+            max_scale = scales[j];
+        }
+    }
+    let packed = &mut out[96..108];
+    packed.fill(0);
+    let d = if max_scale != 0.0 {
+        let iscale = -32.0 / max_scale;
+        for j in 0..16 {
+            let l = (nearest_int(iscale * scales[j]).clamp(-32, 31) + 32) as u8;
+            if j < 8 {
+                packed[j] = l & 0xf;
+            } else {
+                packed[j - 8] |= (l & 0xf) << 4;
+            }
+            packed[j % 4 + 8] |= (l >> 4) << (2 * (j / 4));
+        }
+        put_f16(out, 108, 1.0 / iscale)
+    } else {
+        put_f16(out, 108, 0.0)
+    };
+    for j in 0..16 {
+        let p = &out[96..108];
+        let low = if j < 8 { p[j] & 0xf } else { p[j - 8] >> 4 };
+        let sc = i32::from(low | (((p[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
+        let dj = d * sc as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            codes[16 * j + ii] = (nearest_int(x[16 * j + ii] / dj).clamp(-4, 3) + 4) as u8;
+        }
+    }
+    let hmask = &mut out[..32];
+    hmask.fill(0);
+    for (j, c) in codes.iter_mut().enumerate() {
+        if *c > 3 {
+            hmask[j % 32] |= 1 << (j / 32);
+            *c -= 4;
+        }
+    }
+    pack2(&codes, &mut out[32..96]);
 }
 
 /// Decodes one Q2_K block.

@@ -61,11 +61,6 @@ pub fn ggml_type(scheme: Scheme) -> Option<GgmlType> {
     })
 }
 
-/// Whether edgeforge can encode this scheme (Q2_K and Q3_K are decoded only).
-pub fn can_encode(scheme: Scheme) -> bool {
-    !matches!(scheme, Scheme::Q2K | Scheme::Q3K)
-}
-
 /// Elements per block (or group) a row must be a multiple of.
 pub fn block_elems(scheme: Scheme) -> usize {
     match scheme {
@@ -137,9 +132,6 @@ pub fn quantize(scheme: Scheme, src: &[f32], row_len: usize) -> Result<Encoded, 
             row_len,
             block: block_elems(scheme),
         });
-    }
-    if !can_encode(scheme) {
-        return Err(QuantError::Unsupported(format!("Encoding to {scheme}")));
     }
     let rows = src.len() / row_len;
     let chunk_rows = rows_per_task(row_len);
@@ -242,6 +234,12 @@ fn encode_blocks_portable(scheme: Scheme, x: &[f32], out: &mut [u8]) {
         Scheme::Q4_1 => each!(legacy::Q4_1_BYTES, 32, |xb, o| legacy::q4_1(arr(xb), o)),
         Scheme::Q5_0 => each!(legacy::Q5_0_BYTES, 32, |xb, o| legacy::q5_0(arr(xb), o)),
         Scheme::Q5_1 => each!(legacy::Q5_1_BYTES, 32, |xb, o| legacy::q5_1(arr(xb), o)),
+        Scheme::Q2K => each!(kquants::Q2_K_BYTES, kquants::QK_K, |xb, o| kquants::q2_k(
+            xb, o
+        )),
+        Scheme::Q3K => each!(kquants::Q3_K_BYTES, kquants::QK_K, |xb, o| kquants::q3_k(
+            xb, o
+        )),
         Scheme::Q4K => each!(kquants::Q4_K_BYTES, kquants::QK_K, |xb, o| kquants::q4_k(
             xb, o
         )),
@@ -374,6 +372,8 @@ mod tests {
             Scheme::Q4_1,
             Scheme::Q5_0,
             Scheme::Q5_1,
+            Scheme::Q2K,
+            Scheme::Q3K,
             Scheme::Q4K,
             Scheme::Q5K,
             Scheme::Q6K,

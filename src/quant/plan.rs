@@ -92,7 +92,7 @@ pub enum Preset {
 }
 
 /// The K-quant mixes, named as llama.cpp names them.
-pub const KMIXES: [Preset; 4] = [
+pub const KMIXES: [Preset; 5] = [
     Preset::KMix {
         name: "Q6_K_M",
         base: Scheme::Q6K,
@@ -117,6 +117,12 @@ pub const KMIXES: [Preset; 4] = [
         more: Scheme::Q5K,
         all_sensitive_layers: false,
     },
+    Preset::KMix {
+        name: "Q3_K_M",
+        base: Scheme::Q3K,
+        more: Scheme::Q5K,
+        all_sensitive_layers: true,
+    },
 ];
 
 impl Preset {
@@ -125,15 +131,7 @@ impl Preset {
         if let Some(mix) = KMIXES.iter().find(|p| p.name().eq_ignore_ascii_case(name)) {
             return Ok(*mix);
         }
-        let scheme = name.parse::<Scheme>();
-        if let Ok(s) = scheme {
-            if !quant::can_encode(s) {
-                return Err(format!(
-                    "{s} is read (dequantized) but not written yet; use Q4_K or Q4_0"
-                ));
-            }
-        }
-        scheme.map(Preset::Uniform).map_err(|e| {
+        name.parse::<Scheme>().map(Preset::Uniform).map_err(|e| {
             let mixes: Vec<String> = KMIXES.iter().map(Preset::name).collect();
             format!("{e}; or a mix: {}", mixes.join(", "))
         })
@@ -158,12 +156,11 @@ impl Preset {
     pub fn ladder(gguf: bool) -> Vec<Preset> {
         if gguf {
             let mut ladder = vec![Preset::Uniform(Scheme::F16), Preset::Uniform(Scheme::Q8_0)];
-            ladder.extend(KMIXES);
-            ladder.extend([
-                Preset::Uniform(Scheme::Q4_0),
-                Preset::Uniform(Scheme::Q3K),
-                Preset::Uniform(Scheme::Q2K),
-            ]);
+            // Ordered by size: the K mixes down to Q4_K_S, then Q4_0, Q3_K_M, ...
+            ladder.extend(&KMIXES[..4]);
+            ladder.push(Preset::Uniform(Scheme::Q4_0));
+            ladder.extend(&KMIXES[4..]);
+            ladder.extend([Preset::Uniform(Scheme::Q3K), Preset::Uniform(Scheme::Q2K)]);
             ladder
         } else {
             [
