@@ -90,3 +90,12 @@ pub fn run_py(script: &str, args: &[&Path]) -> String {
     );
     String::from_utf8(out.stdout).expect("python prints UTF-8")
 }
+
+/// Mutations per hostile-input test: 200 by default (the figure);
+/// `EDGEFORGE_FUZZ_CASES=N` runs a longer campaign locally.
+pub fn fuzz_cases() -> usize {
+    std::env::var("EDGEFORGE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}

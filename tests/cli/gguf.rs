@@ -231,7 +231,7 @@ fn smollm2_cut_at_200_points_and_200_flipped_bytes_never_panics() {
     let header_end = GgufFile::open(&smollm2_gguf()).unwrap().data_offset() as usize;
     let name = Path::new("smollm2.gguf");
     let mut rng = Rng(0x6606_F00D);
-    let mut cuts: Vec<usize> = (0..200)
+    let mut cuts: Vec<usize> = (0..fuzz_cases())
         .map(|i| {
             if i % 2 == 0 {
                 rng.below(header_end + 64)
@@ -254,7 +254,7 @@ fn smollm2_cut_at_200_points_and_200_flipped_bytes_never_panics() {
     }
     let mut buf = original;
     let mut rejected = 0;
-    for _ in 0..200 {
+    for _ in 0..fuzz_cases() {
         let at = rng.below(header_end);
         let old = buf[at];
         buf[at] ^= 1 << rng.below(8);
@@ -267,7 +267,11 @@ fn smollm2_cut_at_200_points_and_200_flipped_bytes_never_panics() {
         }
         buf[at] = old;
     }
-    eprintln!("400 hostile GGUF cases, {rejected} of 200 flips rejected, no panic");
+    eprintln!(
+        "{} hostile GGUF cases, {rejected} of {} flips rejected, no panic",
+        2 * fuzz_cases(),
+        fuzz_cases()
+    );
 }
 
 #[test]
