@@ -7,7 +7,7 @@
 use crate::model::Model;
 use crate::quant::apply::tensor_f32;
 use crate::quant::metrics::ErrorStats;
-use crate::quant::plan::{Plan, Reason};
+use crate::quant::plan::{Plan, Reason, SAFETENSORS_LADDER};
 use crate::quant::{self, Scheme};
 
 /// Candidate schemes, most bits first, for one output family.
@@ -24,26 +24,7 @@ fn ladder(gguf: bool) -> Vec<Scheme> {
             Scheme::Q4_0,
         ]
     } else {
-        vec![
-            Scheme::F16,
-            Scheme::Int8PerChannel,
-            Scheme::Int4Group {
-                group: 32,
-                symmetric: false,
-            },
-            Scheme::Int4Group {
-                group: 64,
-                symmetric: false,
-            },
-            Scheme::Int4Group {
-                group: 128,
-                symmetric: false,
-            },
-            Scheme::Int4Group {
-                group: 128,
-                symmetric: true,
-            },
-        ]
+        SAFETENSORS_LADDER.to_vec()
     }
 }
 

@@ -32,10 +32,9 @@ fn nearest_int(x: f32) -> i32 {
     x.round_ties_even() as i32
 }
 
-/// Scale search for symmetric codes in [-nmax, nmax-1] (ggml's
-/// `make_qx_quants` with rmse_type 1: weights x²). Writes codes + nmax to `l`.
+/// The largest magnitude and the value that has it (first on ties).
 #[inline(always)]
-fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
+fn signed_absmax(x: &[f32]) -> (f32, f32) {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -43,6 +42,14 @@ fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
             max = v;
         }
     }
+    (amax, max)
+}
+
+/// Scale search for symmetric codes in [-nmax, nmax-1] (ggml's
+/// `make_qx_quants` with rmse_type 1: weights x²). Writes codes + nmax to `l`.
+#[inline(always)]
+fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
+    let (amax, max) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;
@@ -346,13 +353,7 @@ pub fn q6_k(x: &[f32], out: &mut [u8]) {
 /// Writes codes + nmax to `l`; returns the scale.
 #[inline(always)]
 fn make_q3_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let (amax, max) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;

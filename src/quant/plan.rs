@@ -91,6 +91,28 @@ pub enum Preset {
     },
 }
 
+/// safetensors encodings, most bits first: what `--fit` and `--bpw` walk down.
+pub const SAFETENSORS_LADDER: [Scheme; 6] = [
+    Scheme::F16,
+    Scheme::Int8PerChannel,
+    Scheme::Int4Group {
+        group: 32,
+        symmetric: false,
+    },
+    Scheme::Int4Group {
+        group: 64,
+        symmetric: false,
+    },
+    Scheme::Int4Group {
+        group: 128,
+        symmetric: false,
+    },
+    Scheme::Int4Group {
+        group: 128,
+        symmetric: true,
+    },
+];
+
 /// The K-quant mixes, named as llama.cpp names them.
 pub const KMIXES: [Preset; 5] = [
     Preset::KMix {
@@ -163,29 +185,10 @@ impl Preset {
             ladder.extend([Preset::Uniform(Scheme::Q3K), Preset::Uniform(Scheme::Q2K)]);
             ladder
         } else {
-            [
-                Scheme::F16,
-                Scheme::Int8PerChannel,
-                Scheme::Int4Group {
-                    group: 32,
-                    symmetric: false,
-                },
-                Scheme::Int4Group {
-                    group: 64,
-                    symmetric: false,
-                },
-                Scheme::Int4Group {
-                    group: 128,
-                    symmetric: false,
-                },
-                Scheme::Int4Group {
-                    group: 128,
-                    symmetric: true,
-                },
-            ]
-            .into_iter()
-            .map(Preset::Uniform)
-            .collect()
+            SAFETENSORS_LADDER
+                .into_iter()
+                .map(Preset::Uniform)
+                .collect()
         }
     }
 }
