@@ -242,11 +242,30 @@ fn deep_merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
             (Some(toml::Value::Table(b)), toml::Value::Table(o)) => deep_merge(b, o),
+            // Arrays of named tables (`[[runtimes]]`, `[[accelerators]]`): the
+            // child adds entries and replaces same-named ones, so a phone
+            // profile can add its NPU runtime and keep the parent's llama.cpp.
+            (Some(toml::Value::Array(b)), toml::Value::Array(o))
+                if named_tables(b) && named_tables(&o) =>
+            {
+                for entry in o {
+                    let name = entry.get("name").cloned();
+                    match b.iter_mut().find(|e| e.get("name") == name.as_ref()) {
+                        Some(slot) => *slot = entry,
+                        None => b.push(entry),
+                    }
+                }
+            }
             (_, v) => {
                 base.insert(k, v);
             }
         }
     }
+}
+
+fn named_tables(a: &[toml::Value]) -> bool {
+    a.iter()
+        .all(|v| v.as_table().is_some_and(|t| t.contains_key("name")))
 }
 
 /// Turns serde's "message\nin `a.b`" into a located one-line error.
@@ -499,6 +518,16 @@ min_top1_agreement = 0.9
             e.contains("base.toml:13: cpu.cores: Must be greater than 0"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn named_array_entries_are_added_to_the_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "base.toml", GOOD);
+        let child = "extends = \"base.toml\"\nname = \"child\"\n\n[[runtimes]]\nname = \"qnn\"\nformat = \"onnx\"\nweight_schemes = [\"int8_pc\"]\n";
+        let t = load_file(&write(dir.path(), "child.toml", child)).unwrap();
+        let runtimes: Vec<&str> = t.spec.runtimes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(runtimes, ["llama.cpp", "qnn"]);
     }
 
     #[test]
