@@ -169,6 +169,8 @@ pub fn hf_metadata(
                 "bert.pooling_type",
                 MetaValue::U32(pooling_type(&model.path)),
             );
+            // llama.cpp refuses a BERT model without its token-type count.
+            put("tokenizer.ggml.token_type_count", u32v(c.type_vocab_size));
         }
         Architecture::Llama(c) => {
             put("general.architecture", MetaValue::String("llama".into()));

@@ -284,8 +284,16 @@ pub fn plan(tensors: &[Tensor], preset: Preset, constraints: &Constraints) -> Re
 }
 
 /// Whether a tensor is a weight matrix that quantization applies to.
+///
+/// BERT's token-type table stays F32: llama.cpp adds its row directly to the
+/// embeddings (a binary op that has no quantized kernel), and it is tiny.
 pub fn is_quantizable(t: &Tensor) -> bool {
-    t.dtype.is_float() && t.shape.len() >= 2 && t.role != TensorRole::Norm && t.n_elems >= 2
+    let token_types = t.name.contains("token_type") || t.name.starts_with("token_types.");
+    t.dtype.is_float()
+        && t.shape.len() >= 2
+        && t.role != TensorRole::Norm
+        && t.n_elems >= 2
+        && !token_types
 }
 
 fn choose(

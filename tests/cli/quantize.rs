@@ -87,6 +87,14 @@ fn minilm_q8_0_gguf_has_llama_cpp_bert_metadata() {
     assert_eq!(tokens.len(), 30522);
     assert_eq!(tokens.values[101].as_str(), Some("[CLS]"));
     assert_eq!(tokens.values[2023].as_str(), Some("\u{2581}this"));
+    // llama.cpp refuses a BERT model without the token-type count, and adds
+    // the token-type row with an op that has no quantized kernel.
+    assert_eq!(f.get_u64("tokenizer.ggml.token_type_count"), Some(2));
+    let token_types = f.tensors().iter().find(|t| t.name == "token_types.weight");
+    assert_eq!(
+        token_types.map(|t| t.ggml_type),
+        Some(edgeforge::format::gguf::GgmlType::F32)
+    );
 }
 
 #[test]
