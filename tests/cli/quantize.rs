@@ -251,3 +251,37 @@ fn bad_input_is_one_line_exit_2() {
         "no partial files left"
     );
 }
+
+/// A write that fails mid-stream (here: a file-size limit, which fails
+/// `write` like a full disk once SIGXFSZ is ignored) leaves no partial file
+/// and keeps the existing output byte for byte.
+#[test]
+fn failed_write_mid_stream_leaves_no_partial_file_and_keeps_the_old_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let good = b"an earlier good artifact".to_vec();
+    std::fs::write(&out, &good).unwrap();
+    // 1 MiB limit (ulimit -f counts 512-byte blocks in POSIX sh); the Q8_0
+    // output is ~25 MB, so the write fails well inside the tensor data.
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 2048; exec \"$0\" \"$@\"")
+        .arg(assert_cmd::cargo::cargo_bin("edgeforge"))
+        .args(["quantize", "--scheme", "Q8_0", "--force", "-o"])
+        .arg(&out)
+        .arg(minilm())
+        .env("EDGEFORGE_NO_PROGRESS", "1")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("m.gguf"), "names the output: {stderr}");
+    assert_eq!(std::fs::read(&out).unwrap(), good, "old output kept");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temp file left"
+    );
+}
