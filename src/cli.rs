@@ -52,6 +52,59 @@ pub enum Command {
     /// `--bpw X` (an average bits-per-weight, bits spent where error grows
     /// fastest). `--target` restricts every choice to what the device runs.
     Quantize(QuantizeArgs),
+    /// Run a model on this CPU: sentence embeddings or text generation
+    #[command(subcommand)]
+    Run(RunCommand),
+}
+
+/// `edgeforge run ...`
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Sentence embeddings from an encoder (mean-pooled, L2-normalised)
+    Embed(EmbedArgs),
+    /// Generate text from a decoder, streaming tokens as they come
+    Generate(GenerateArgs),
+}
+
+/// `edgeforge run embed MODEL --text A --text B`
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// A model folder, `.safetensors` file or `.gguf` file (BERT-style)
+    pub model: PathBuf,
+    /// A text to embed (repeat for several)
+    #[arg(long = "text", value_name = "TEXT", required_unless_present = "file")]
+    pub texts: Vec<String>,
+    /// Also embed every line of this file
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Print the cosine similarity matrix instead of the vectors
+    #[arg(long)]
+    pub similarity: bool,
+}
+
+/// `edgeforge run generate MODEL --prompt P`
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// A model folder, `.safetensors` file or `.gguf` file (LLaMA-style)
+    pub model: PathBuf,
+    /// The text to continue
+    #[arg(long, short)]
+    pub prompt: String,
+    /// Stop after this many new tokens (or at end-of-sequence)
+    #[arg(long, short = 'n', default_value_t = 64, value_name = "N")]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy (deterministic)
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    pub temperature: f32,
+    /// Sample among the K most likely tokens (0: all)
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub top_k: usize,
+    /// Sample from the smallest set of tokens whose probability reaches P
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    pub top_p: f32,
+    /// Seed for sampling: the same seed gives the same text
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// `edgeforge targets ...`

@@ -6,8 +6,10 @@
 
 pub mod cli;
 pub mod commands;
+pub mod engine;
 pub mod exit;
 pub mod format;
+pub mod kernels;
 pub mod llamacpp;
 pub mod memory;
 pub mod model;

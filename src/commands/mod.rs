@@ -3,10 +3,12 @@
 
 mod inspect;
 mod quantize;
+mod run;
 mod targets;
 
 pub use inspect::inspect;
 pub use quantize::quantize;
+pub use run::run;
 pub use targets::targets;
 
 use crate::cli::Command;
@@ -23,5 +25,6 @@ pub fn dispatch(
         Command::Targets(cmd) => targets(&cmd, global, printer),
         Command::Inspect(args) => inspect(&args, printer),
         Command::Quantize(args) => quantize(&args, global, printer),
+        Command::Run(cmd) => run(&cmd, printer),
     }
 }

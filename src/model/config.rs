@@ -156,7 +156,9 @@ pub fn from_hf_config(text: &str) -> Result<Architecture, String> {
         "bert" => Ok(Architecture::Bert(
             serde_json::from_str(text).map_err(typed)?,
         )),
-        "llama" | "mistral" | "qwen2" => Ok(Architecture::Llama(
+        // Mistral is LLaMA with a sliding window (llama.cpp converts it as llama);
+        // qwen2 adds q/k/v biases and NeoX RoPE, so it is not one of ours.
+        "llama" | "mistral" => Ok(Architecture::Llama(
             serde_json::from_str(text).map_err(typed)?,
         )),
         other => Ok(Architecture::Other {

@@ -1,0 +1,216 @@
+//! CPU inference on burn's flex backend for the two families we run:
+//! BERT-style encoders (sentence embeddings) and LLaMA-style decoders
+//! (generation). Weights come from any format and dtype `Model` opens,
+//! decoded to f32 once at load (see docs/benchmarks.md for why).
+
+pub mod bert;
+pub mod llama;
+pub mod sample;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::model::{Architecture, Model};
+pub use bert::{Batch, BertEncoder};
+pub use llama::{KvCache, LlamaDecoder};
+pub use sample::{Sampler, Sampling};
+pub use tokenizer::TextTokenizer;
+use weights::Weights;
+
+/// Families the engine runs, for error messages.
+pub const SUPPORTED: &str = "bert (encoder), llama (decoder)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{}: architecture `{arch}` is not supported by the engine (supported: {SUPPORTED})", path.display())]
+    Unsupported { path: PathBuf, arch: String },
+    #[error("{}: tensor `{name}` is missing", path.display())]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{}: tensor `{name}` has shape {got:?}, expected {want:?}", path.display())]
+    Shape {
+        path: PathBuf,
+        name: String,
+        want: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("{}: tensor `{name}`: {message}", path.display())]
+    BadTensor {
+        path: PathBuf,
+        name: String,
+        message: String,
+    },
+    #[error("{}: tokenizer: {message}", path.display())]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("{}: {message}", path.display())]
+    Usage { path: PathBuf, message: String },
+}
+
+/// The network of a loaded model.
+pub enum Network {
+    Encoder(BertEncoder),
+    Decoder(LlamaDecoder),
+}
+
+/// A model ready to run: network, tokenizer and how long loading took.
+pub struct Engine {
+    pub network: Network,
+    pub tokenizer: TextTokenizer,
+    pub load_seconds: f64,
+    path: PathBuf,
+}
+
+/// What `generate` produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub prompt_tokens: Vec<u32>,
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub stopped_at_eos: bool,
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+}
+
+impl Engine {
+    /// Loads weights (decoded to f32) and the tokenizer of an opened model.
+    pub fn load(model: &Model) -> Result<Self, EngineError> {
+        let started = Instant::now();
+        let device = Device::flex();
+        let weights = Weights::new(model);
+        let network = match &model.architecture {
+            Architecture::Bert(c) => Network::Encoder(BertEncoder::load(c, &weights, &device)?),
+            Architecture::Llama(c) => Network::Decoder(LlamaDecoder::load(c, &weights)?),
+            Architecture::Other { name } => {
+                return Err(EngineError::Unsupported {
+                    path: model.path.clone(),
+                    arch: name.clone(),
+                })
+            }
+        };
+        let tokenizer = match (&model.tokenizer, model.gguf()) {
+            (Some(json), _) => TextTokenizer::from_json(json)?,
+            (None, Some(gguf)) => TextTokenizer::from_gguf(gguf)?,
+            (None, None) => {
+                return Err(EngineError::Tokenizer {
+                    path: model.path.clone(),
+                    message: "no tokenizer.json beside the weights".into(),
+                })
+            }
+        };
+        Ok(Self {
+            network,
+            tokenizer,
+            load_seconds: started.elapsed().as_secs_f64(),
+            path: model.path.clone(),
+        })
+    }
+
+    pub fn is_encoder(&self) -> bool {
+        matches!(self.network, Network::Encoder(_))
+    }
+
+    /// L2-normalised sentence embeddings, one per text.
+    pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let Network::Encoder(encoder) = &self.network else {
+            return Err(self.usage("`embed` needs an encoder model (bert); this is a decoder"));
+        };
+        let ids = texts
+            .iter()
+            .map(|t| self.tokenizer.encode(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in ids.chunks(32) {
+            let emb = encoder.embed(&Batch {
+                ids: chunk.to_vec(),
+            });
+            let [_, h] = emb.dims();
+            let flat = emb
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 embeddings");
+            out.extend(flat.chunks_exact(h).map(<[f32]>::to_vec));
+        }
+        Ok(out)
+    }
+
+    /// Generates up to `max_tokens` after `prompt`, calling `on_text` with each
+    /// newly decoded piece of text as soon as it is complete UTF-8.
+    pub fn generate(
+        &self,
+        prompt: &str,
+        max_tokens: usize,
+        sampling: Sampling,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generation, EngineError> {
+        let Network::Decoder(decoder) = &self.network else {
+            return Err(self.usage("`generate` needs a decoder model (llama); this is an encoder"));
+        };
+        let prompt_tokens = self.tokenizer.encode(prompt)?;
+        if prompt_tokens.is_empty() {
+            return Err(self.usage("the prompt is empty after tokenization"));
+        }
+        let context = decoder.config.max_position_embeddings;
+        if prompt_tokens.len() + max_tokens > context {
+            return Err(self.usage(&format!(
+                "prompt ({} tokens) + --max-tokens {max_tokens} exceeds the model's context of {context}",
+                prompt_tokens.len()
+            )));
+        }
+        let mut sampler = Sampler::new(sampling);
+        let mut cache = decoder.new_cache();
+        let started = Instant::now();
+        let mut logits = decoder.forward(&prompt_tokens, &mut cache, false);
+        let prefill_seconds = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let (mut tokens, mut printed, mut stopped_at_eos) = (Vec::new(), 0usize, false);
+        while tokens.len() < max_tokens {
+            let next = sampler.next(&logits);
+            if self.tokenizer.eos.contains(&next) {
+                stopped_at_eos = true;
+                break;
+            }
+            tokens.push(next);
+            let text = self.tokenizer.decode(&tokens)?;
+            // A token can end inside a multi-byte character: wait for the rest.
+            if !text.ends_with('\u{FFFD}') && text.len() > printed && text.is_char_boundary(printed)
+            {
+                on_text(&text[printed..]);
+                printed = text.len();
+            }
+            if tokens.len() < max_tokens {
+                logits = decoder.forward(&[next], &mut cache, false);
+            }
+        }
+        let text = self.tokenizer.decode(&tokens)?;
+        if text.len() > printed && text.is_char_boundary(printed) {
+            on_text(&text[printed..]);
+        }
+        Ok(Generation {
+            prompt_tokens,
+            tokens,
+            text,
+            stopped_at_eos,
+            prefill_seconds,
+            decode_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn usage(&self, message: &str) -> EngineError {
+        EngineError::Usage {
+            path: self.path.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Peak resident set size of this process in bytes (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,227 @@
+//! Text to token ids and back with the HF `tokenizers` crate, built either
+//! from a `tokenizer.json` or from a GGUF file's `tokenizer.ggml.*` metadata
+//! (byte-level BPE for LLaMA-style models, WordPiece for BERT GGUFs we write).
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
+
+use crate::format::gguf::{GgufFile, MetaValue};
+
+use super::EngineError;
+
+/// A tokenizer plus the special-token facts generation needs.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    /// Prepend this id to prompts (GGUF `add_bos_token`).
+    pub bos: Option<u32>,
+    /// Generation stops at any of these.
+    pub eos: Vec<u32>,
+    source: PathBuf,
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json`, with its shipped padding and truncation turned
+    /// off: a fixed 128-token window would change every embedding.
+    pub fn from_json(path: &Path) -> Result<Self, EngineError> {
+        let err = |m: String| EngineError::Tokenizer {
+            path: path.to_path_buf(),
+            message: m,
+        };
+        let mut inner = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| err(e.to_string()))?;
+        let eos = ["</s>", "<|endoftext|>", "<|im_end|>", "[SEP]"]
+            .iter()
+            .filter_map(|t| inner.token_to_id(t))
+            .take(1)
+            .collect();
+        Ok(Self {
+            inner,
+            bos: None,
+            eos,
+            source: path.to_path_buf(),
+        })
+    }
+
+    /// Builds the tokenizer a GGUF file describes.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, EngineError> {
+        let path = file.path().to_path_buf();
+        let err = |m: String| EngineError::Tokenizer {
+            path: path.clone(),
+            message: m,
+        };
+        let strings = |key: &str| -> Result<Vec<String>, EngineError> {
+            let Some(MetaValue::Array(a)) = file.get(key) else {
+                return Err(err(format!("`{key}` is missing or not an array")));
+            };
+            a.values
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| err(format!("`{key}` is not a string array")))
+        };
+        let id = |key: &str| file.get_u64(key).map(|v| v as u32);
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let types: Vec<i64> = match file.get("tokenizer.ggml.token_type") {
+            Some(MetaValue::Array(a)) => a
+                .values
+                .iter()
+                .map(|v| v.as_u64().map_or(1, |t| t as i64))
+                .collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let model = file.get_str("tokenizer.ggml.model").unwrap_or("");
+        let mut inner = match model {
+            "gpt2" => {
+                let merges = strings("tokenizer.ggml.merges")?
+                    .into_iter()
+                    .map(|m| match m.split_once(' ') {
+                        Some((a, b)) => Ok((a.to_string(), b.to_string())),
+                        None => Err(err(format!("merge `{m}` has no space"))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let vocab: Vec<(String, u32)> = tokens.iter().cloned().zip(0u32..).collect();
+                let bpe = BPE::builder()
+                    .vocab_and_merges(
+                        vocab
+                            .into_iter()
+                            .collect::<tokenizers::models::bpe::Vocab>(),
+                        merges,
+                    )
+                    .build()
+                    .map_err(|e| err(e.to_string()))?;
+                let mut t = Tokenizer::new(bpe);
+                t.with_pre_tokenizer(Some(gpt2_pre_tokenizer(file.get_str("tokenizer.ggml.pre"))));
+                t.with_decoder(Some(ByteLevelDecoder::default()));
+                t
+            }
+            "bert" => {
+                // Our GGUF writer (like llama.cpp's converter) marks word starts
+                // with U+2581 and strips `##`; undo that for WordPiece.
+                let vocab: Vec<(String, u32)> = tokens
+                    .iter()
+                    .map(|t| {
+                        if t.starts_with('[') && t.ends_with(']') {
+                            t.clone()
+                        } else if let Some(word) = t.strip_prefix('\u{2581}') {
+                            word.to_string()
+                        } else {
+                            format!("##{t}")
+                        }
+                    })
+                    .zip(0u32..)
+                    .collect();
+                let wp = WordPiece::builder()
+                    .vocab(
+                        vocab
+                            .into_iter()
+                            .collect::<tokenizers::models::bpe::Vocab>(),
+                    )
+                    .unk_token("[UNK]".into())
+                    .build()
+                    .map_err(|e| err(e.to_string()))?;
+                let cls = id("tokenizer.ggml.cls_token_id").or(id("tokenizer.ggml.bos_token_id"));
+                let sep =
+                    id("tokenizer.ggml.seperator_token_id").or(id("tokenizer.ggml.eos_token_id"));
+                let (Some(cls), Some(sep)) = (cls, sep) else {
+                    return Err(err(
+                        "BERT tokenizer needs cls and separator token ids".into()
+                    ));
+                };
+                let mut t = Tokenizer::new(wp);
+                t.with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
+                    .map_err(|e| err(e.to_string()))?;
+                t.with_pre_tokenizer(Some(BertPreTokenizer));
+                t.with_post_processor(Some(BertProcessing::new(
+                    (tokens[sep as usize].clone(), sep),
+                    (tokens[cls as usize].clone(), cls),
+                )));
+                t.with_decoder(Some(WordPieceDecoder::default()));
+                t
+            }
+            other => {
+                return Err(err(format!(
+                    "tokenizer model `{other}` is not supported (supported: gpt2, bert)"
+                )))
+            }
+        };
+        // Control tokens (type 3) such as <|im_start|> are matched whole, never split.
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &t)| t == 3)
+            .map(|(s, _)| AddedToken::from(s.clone(), true))
+            .collect();
+        inner
+            .add_special_tokens(specials)
+            .map_err(|e| err(e.to_string()))?;
+        let add_bos = matches!(
+            file.get("tokenizer.ggml.add_bos_token"),
+            Some(MetaValue::Bool(true))
+        );
+        Ok(Self {
+            inner,
+            bos: if add_bos {
+                id("tokenizer.ggml.bos_token_id")
+            } else {
+                None
+            },
+            eos: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
+            source: file.path().to_path_buf(),
+        })
+    }
+
+    /// Token ids of `text`, with the special tokens the model expects.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| self.error(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        ids.extend(self.bos);
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| self.error(e.to_string()))
+    }
+
+    /// The token's own string (for reports and tests).
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    fn error(&self, message: String) -> EngineError {
+        EngineError::Tokenizer {
+            path: self.source.clone(),
+            message,
+        }
+    }
+}
+
+/// llama.cpp's pre-tokenizer families that differ from plain GPT-2 byte-level
+/// splitting; `smollm` splits digits one by one first.
+fn gpt2_pre_tokenizer(pre: Option<&str>) -> PreTokenizerWrapper {
+    let byte_level = ByteLevel::new(false, true, true);
+    match pre {
+        Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        _ => byte_level.into(),
+    }
+}

@@ -1,0 +1,205 @@
+//! Dot products of one quantized weight row with one Q8 activation row,
+//! block by block, in llama.cpp's arithmetic: integer sums inside a block,
+//! then `d_w * d_a * sumi` (+ `m_w * s_a` for the offset formats).
+//!
+//! Each kernel is one portable body, unpacking a block into a fixed-size
+//! `[i8; 32]` so the compiler vectorizes the integer loop; `dispatch!`
+//! compiles that body a second time with AVX2 enabled and picks it at run
+//! time when the CPU has it.
+
+use half::f16;
+
+use super::activation::{Q8Row, QK};
+
+#[inline(always)]
+fn half(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+#[inline(always)]
+fn dot32(w: &[i8; QK], a: &[i8]) -> i32 {
+    let a: &[i8; QK] = a.try_into().expect("32 activations");
+    let mut s = 0i32;
+    for i in 0..QK {
+        s += i32::from(w[i]) * i32::from(a[i]);
+    }
+    s
+}
+
+/// The 32 codes of a 4-bit block (low nibbles first, then high), minus `offset`.
+#[inline(always)]
+fn unpack4(qs: &[u8], offset: i8) -> [i8; QK] {
+    let mut w = [0i8; QK];
+    for j in 0..16 {
+        w[j] = (qs[j] & 0x0F) as i8 - offset;
+        w[j + 16] = (qs[j] >> 4) as i8 - offset;
+    }
+    w
+}
+
+/// The 32 codes of a 5-bit block (fifth bits in `qh`), minus `offset`.
+#[inline(always)]
+fn unpack5(qh: u32, qs: &[u8], offset: i8) -> [i8; QK] {
+    let mut w = [0i8; QK];
+    for j in 0..16 {
+        let lo = ((qh >> j) & 1) as u8;
+        let hi = ((qh >> (j + 16)) & 1) as u8;
+        w[j] = ((qs[j] & 0x0F) | (lo << 4)) as i8 - offset;
+        w[j + 16] = ((qs[j] >> 4) | (hi << 4)) as i8 - offset;
+    }
+    w
+}
+
+#[inline(always)]
+fn q8_0_body(w: &[u8], a: &Q8Row) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in w.chunks_exact(34).enumerate() {
+        let qs: &[u8; QK] = blk[2..].try_into().expect("32 codes");
+        let wq: [i8; QK] = qs.map(|q| q as i8);
+        acc += dot32(&wq, &a.qs[b * QK..(b + 1) * QK]) as f32 * (half(blk, 0) * a.d[b]);
+    }
+    acc
+}
+
+#[inline(always)]
+fn q4_0_body(w: &[u8], a: &Q8Row) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in w.chunks_exact(18).enumerate() {
+        let wq = unpack4(&blk[2..18], 8);
+        acc += dot32(&wq, &a.qs[b * QK..(b + 1) * QK]) as f32 * (half(blk, 0) * a.d[b]);
+    }
+    acc
+}
+
+#[inline(always)]
+fn q4_1_body(w: &[u8], a: &Q8Row) -> f32 {
+    let (mut acc, mut mins) = (0f32, 0f32);
+    for (b, blk) in w.chunks_exact(20).enumerate() {
+        let wq = unpack4(&blk[4..20], 0);
+        acc += dot32(&wq, &a.qs[b * QK..(b + 1) * QK]) as f32 * (half(blk, 0) * a.d[b]);
+        mins += half(blk, 2) * a.s[b];
+    }
+    acc + mins
+}
+
+#[inline(always)]
+fn q5_0_body(w: &[u8], a: &Q8Row) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in w.chunks_exact(22).enumerate() {
+        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+        let wq = unpack5(qh, &blk[6..22], 16);
+        acc += dot32(&wq, &a.qs[b * QK..(b + 1) * QK]) as f32 * (half(blk, 0) * a.d[b]);
+    }
+    acc
+}
+
+#[inline(always)]
+fn q5_1_body(w: &[u8], a: &Q8Row) -> f32 {
+    let (mut acc, mut mins) = (0f32, 0f32);
+    for (b, blk) in w.chunks_exact(24).enumerate() {
+        let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+        let wq = unpack5(qh, &blk[8..24], 0);
+        acc += dot32(&wq, &a.qs[b * QK..(b + 1) * QK]) as f32 * (half(blk, 0) * a.d[b]);
+        mins += half(blk, 2) * a.s[b];
+    }
+    acc + mins
+}
+
+#[inline(always)]
+fn f32_body(w: &[f32], x: &[f32]) -> f32 {
+    // Eight partial sums: vectorizes, and the summation order is fixed.
+    let mut acc = [0f32; 8];
+    let (wc, xc) = (w.chunks_exact(8), x.chunks_exact(8));
+    let (wr, xr) = (wc.remainder(), xc.remainder());
+    for (a, b) in wc.zip(xc) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    let tail: f32 = wr.iter().zip(xr).map(|(a, b)| a * b).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Defines `pub fn $name` running `$body`, compiled twice: portable, and with
+/// AVX2 for CPUs that have it. Both give identical results (integer sums are
+/// exact; float operations keep their order, and no FMA is enabled).
+macro_rules! dispatch {
+    ($(#[$doc:meta])* $name:ident, $body:ident, $w:ty, $a:ty) => {
+        $(#[$doc])*
+        pub fn $name(w: $w, a: $a) -> f32 {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2(w: $w, a: $a) -> f32 {
+                    $body(w, a)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    return unsafe { avx2(w, a) };
+                }
+            }
+            $body(w, a)
+        }
+    };
+}
+
+/// Defines `pub fn $name`: the hand-written AVX2 kernel when the CPU has
+/// AVX2 and FMA, else the portable `$body`.
+macro_rules! simd {
+    ($(#[$doc:meta])* $name:ident, $body:ident) => {
+        $(#[$doc])*
+        pub fn $name(w: &[u8], a: &Q8Row) -> f32 {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2_fma() {
+                // SAFETY: AVX2 and FMA are present, checked just above.
+                return unsafe { super::avx2::$name(w, a) };
+            }
+            $body(w, a)
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+simd!(
+    /// Q8_0 weights (34-byte blocks: f16 d, 32 × i8).
+    q8_0, q8_0_body
+);
+simd!(
+    /// Q4_0 weights (18-byte blocks: f16 d, 16 bytes of codes; w = d(q-8)).
+    q4_0, q4_0_body
+);
+simd!(
+    /// Q4_1 weights (20-byte blocks: f16 d, f16 m, 16 bytes; w = d q + m).
+    q4_1, q4_1_body
+);
+
+/// The portable kernels, for testing the SIMD ones against.
+pub mod portable {
+    use super::*;
+
+    pub fn q8_0(w: &[u8], a: &Q8Row) -> f32 {
+        q8_0_body(w, a)
+    }
+    pub fn q4_0(w: &[u8], a: &Q8Row) -> f32 {
+        q4_0_body(w, a)
+    }
+    pub fn q4_1(w: &[u8], a: &Q8Row) -> f32 {
+        q4_1_body(w, a)
+    }
+}
+dispatch!(
+    /// Q5_0 weights (22-byte blocks: f16 d, u32 fifth bits, 16 bytes; w = d(q-16)).
+    q5_0, q5_0_body, &[u8], &Q8Row
+);
+dispatch!(
+    /// Q5_1 weights (24-byte blocks: f16 d, f16 m, u32 fifth bits, 16 bytes).
+    q5_1, q5_1_body, &[u8], &Q8Row
+);
+dispatch!(
+    /// f32 weights against f32 activations.
+    f32_dot, f32_body, &[f32], &[f32]
+);
