@@ -5,9 +5,10 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use super::activation::gelu;
 use super::weights::{Dense, Weights};
 use super::EngineError;
 use crate::model::BertConfig;

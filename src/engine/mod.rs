@@ -3,6 +3,7 @@
 //! (generation). Weights come from any format and dtype `Model` opens,
 //! decoded to f32 once at load (see docs/benchmarks.md for why).
 
+pub mod activation;
 pub mod bert;
 pub mod llama;
 pub mod sample;
