@@ -55,6 +55,50 @@ pub enum Command {
     /// Run a model on this CPU: sentence embeddings or text generation
     #[command(subcommand)]
     Run(RunCommand),
+    /// What a model costs on each device: memory per scheme, host measurement, projected speed
+    ///
+    /// Static accounting is exact (the quantize planner's own sizes); the
+    /// host measurement runs the engine; the projection scales the host's
+    /// efficiency onto each target's peak compute and memory bandwidth.
+    Profile(ProfileArgs),
+}
+
+/// `edgeforge profile MODEL`
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// A model folder, `.safetensors` file or `.gguf` file
+    pub model: PathBuf,
+    /// Targets to profile against (repeat); default: every known target
+    #[arg(long = "target", value_name = "T", conflicts_with = "all_targets")]
+    pub targets: Vec<String>,
+    /// Every known target (the default when no --target is given)
+    #[arg(long)]
+    pub all_targets: bool,
+    /// Context tokens for the KV cache and activations (default: each target's)
+    #[arg(long, value_name = "N")]
+    pub context: Option<u64>,
+    /// Sequences processed at once (scales activations and KV cache)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub batch: u64,
+    /// Schemes or mixes to cost (repeat); default: every one on the target's quality ladder
+    #[arg(long = "scheme", value_name = "S")]
+    pub schemes: Vec<String>,
+    /// Input length for the host measurement and projections (encoders: input
+    /// tokens; decoders: prompt tokens)
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub tokens: u64,
+    /// Timed runs after the warm-up
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub runs: usize,
+    /// Static accounting only: do not run the model
+    #[arg(long)]
+    pub no_measure: bool,
+    /// The profile describing this host's peak compute and bandwidth
+    #[arg(long, value_name = "T", default_value = "x86-avx512-ci")]
+    pub host: String,
+    /// Markdown tables (for CI job summaries) instead of plain text
+    #[arg(long)]
+    pub markdown: bool,
 }
 
 /// `edgeforge run ...`

@@ -14,6 +14,7 @@ pub mod llamacpp;
 pub mod memory;
 pub mod model;
 pub mod printer;
+pub mod profile;
 pub mod quant;
 pub mod target;
 pub mod units;

@@ -86,6 +86,17 @@ impl Footprint {
         }
     }
 
+    /// The same for `batch` sequences at once: KV cache and activations scale.
+    pub fn batched(mut self, batch: u64) -> Self {
+        self.kv_cache_bytes *= batch;
+        self.activation_bytes *= batch;
+        self.total_bytes = self.weights_bytes
+            + self.kv_cache_bytes
+            + self.activation_bytes
+            + self.runtime_overhead_bytes;
+        self
+    }
+
     /// Whether everything fits the budget.
     pub fn fits(&self) -> bool {
         self.total_bytes <= self.budget_bytes

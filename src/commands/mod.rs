@@ -2,11 +2,13 @@
 //! render human or JSON output; they never parse bytes or do math.
 
 mod inspect;
+mod profile;
 mod quantize;
 mod run;
 mod targets;
 
 pub use inspect::inspect;
+pub use profile::profile;
 pub use quantize::quantize;
 pub use run::run;
 pub use targets::targets;
@@ -26,5 +28,6 @@ pub fn dispatch(
         Command::Inspect(args) => inspect(&args, printer),
         Command::Quantize(args) => quantize(&args, global, printer),
         Command::Run(cmd) => run(&cmd, printer),
+        Command::Profile(args) => profile(&args, global, printer),
     }
 }

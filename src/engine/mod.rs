@@ -110,6 +110,15 @@ impl Engine {
         })
     }
 
+    /// Bytes of weights the network holds resident.
+    pub fn weight_bytes(&self) -> u64 {
+        use burn::module::Module;
+        match &self.network {
+            Network::Encoder(e) => e.num_params() as u64 * 4,
+            Network::Decoder(d) => d.weight_bytes() as u64,
+        }
+    }
+
     pub fn is_encoder(&self) -> bool {
         matches!(self.network, Network::Encoder(_))
     }

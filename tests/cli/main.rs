@@ -5,6 +5,7 @@ mod common;
 mod engine;
 mod gguf;
 mod inspect;
+mod profile;
 mod quant_kernels;
 mod quantize;
 mod safetensors;

@@ -1,0 +1,7 @@
+//! `profile`: what a model costs on each device class, from exact static
+//! accounting (shared with the quantize planner), measurement on this host
+//! with the engine, and a stated roofline projection onto each target.
+
+pub mod accounting;
+pub mod measure;
+pub mod project;

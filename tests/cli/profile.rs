@@ -1,0 +1,186 @@
+//! `profile`: static sizes agree with what `quantize` writes, the host's
+//! peak RSS lies inside the stated estimate, bad input is refused clearly.
+
+use serde_json::Value;
+
+use crate::common::{edgeforge, minilm, smollm2_gguf};
+
+fn profile_json(args: &[&str], model: &std::path::Path) -> Value {
+    let out = edgeforge()
+        .args(["--json", "profile"])
+        .arg(model)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn written_tensor_bytes(path: &std::path::Path) -> u64 {
+    let out = edgeforge()
+        .args(["--json", "inspect"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["tensor_bytes"].as_u64().unwrap()
+}
+
+#[test]
+fn static_weight_bytes_equal_what_quantize_writes_within_1_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (minilm(), "rpi5-8gb", "Q4_K_M", "gguf"),
+        (minilm(), "coral-dev-board", "int8_pc", "safetensors"),
+        (smollm2_gguf(), "rpi5-8gb", "Q8_0", "gguf"),
+        (smollm2_gguf(), "rpi5-8gb", "Q4_K_M", "gguf"),
+    ];
+    for (i, (model, target, scheme, ext)) in cases.iter().enumerate() {
+        let report = profile_json(
+            &["--no-measure", "--target", target, "--scheme", scheme],
+            model,
+        );
+        let predicted = report["targets"][0]["schemes"][0]["weights_bytes"]
+            .as_u64()
+            .unwrap();
+        let out = dir.path().join(format!("{i}.{ext}"));
+        let q = edgeforge()
+            .args(["-q", "quantize"])
+            .arg(model)
+            .args([
+                "--target",
+                target,
+                "--scheme",
+                scheme,
+                "--allow-requant",
+                "-o",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+        let written = written_tensor_bytes(&out);
+        let rel = (predicted as f64 - written as f64).abs() / written as f64;
+        assert!(
+            rel <= 0.01,
+            "{scheme} on {target}: predicted {predicted}, written {written}"
+        );
+    }
+}
+
+#[test]
+fn measured_peak_rss_lies_inside_the_static_estimate_margin() {
+    for model in [minilm(), smollm2_gguf()] {
+        let report = profile_json(
+            &[
+                "--target", "rpi5-8gb", "--scheme", "Q8_0", "--runs", "2", "--tokens", "64",
+            ],
+            &model,
+        );
+        let host = &report["host"];
+        let measured = host["measurement"]["peak_rss_bytes"].as_u64().unwrap() as f64;
+        let estimate = host["estimated_rss_bytes"].as_u64().unwrap() as f64;
+        let margin = host["rss_margin"].as_f64().unwrap();
+        assert!(
+            (measured - estimate).abs() <= margin * estimate,
+            "{}: measured {measured}, estimate {estimate} ± {margin}",
+            model.display()
+        );
+        let eff = &host["efficiency"];
+        assert!(eff["compute"].as_f64().unwrap() > 0.0 && eff["compute"].as_f64().unwrap() <= 1.0);
+    }
+}
+
+#[test]
+fn decoder_projection_is_bandwidth_bound_and_ranks_devices_by_bandwidth() {
+    let report = profile_json(
+        &[
+            "--no-measure",
+            "--target",
+            "rpi5-8gb",
+            "--target",
+            "rpi-zero-2w",
+            "--scheme",
+            "Q4_0",
+        ],
+        &smollm2_gguf(),
+    );
+    let decode = |i: usize| {
+        report["targets"][i]["schemes"][0]["projection"]["decode_tokens_per_second"]
+            .as_f64()
+            .unwrap()
+    };
+    let bw = |i: usize| {
+        report["targets"][i]["schemes"][0]["projection"]["bandwidth_gbs"]
+            .as_f64()
+            .unwrap()
+    };
+    let bytes = report["targets"][0]["schemes"][0]["weights_bytes"]
+        .as_f64()
+        .unwrap();
+    assert!((decode(0) - bw(0) * 1e9 / bytes).abs() < 1e-6 * decode(0));
+    assert!(
+        decode(0) > decode(1),
+        "a Pi 5 decodes faster than a Pi Zero 2 W"
+    );
+}
+
+#[test]
+fn bad_profile_input_is_one_clear_line_with_exit_2() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--context", "100000"],
+            "exceeds the model's maximum of 8192",
+        ),
+        (
+            &["--target", "coral-dev-board", "--scheme", "Q4_K_M"],
+            "does not run",
+        ),
+        (&["--scheme", "Q9_Z"], "--scheme"),
+    ];
+    for (args, expect) in cases {
+        let out = edgeforge()
+            .arg("profile")
+            .arg(smollm2_gguf())
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_model_the_engine_cannot_run_still_gets_static_accounting() {
+    use edgeforge::format::atomic::Overwrite;
+    use edgeforge::format::gguf::{GgmlType, GgufWriter, MetaValue};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gemma.gguf");
+    let mut w = GgufWriter::new();
+    w.add_kv("general.architecture", MetaValue::String("gemma3".into()));
+    w.add_tensor_info("blk.0.ffn_up.weight", GgmlType::F32, &[64, 8])
+        .unwrap();
+    let mut s = w.create(&path, Overwrite::Deny).unwrap();
+    s.write_tensor(&[0u8; 64 * 8 * 4]).unwrap();
+    s.finish().unwrap();
+    let report = profile_json(&["--target", "rpi5-8gb", "--scheme", "Q8_0"], &path);
+    assert!(report["host"]["measurement_skipped"]
+        .as_str()
+        .unwrap()
+        .contains("gemma3"));
+    assert_eq!(
+        report["targets"][0]["schemes"][0]["weights_bytes"],
+        8 * 2 * 34
+    );
+}
