@@ -362,8 +362,14 @@ fn render(r: &Report, markdown: bool) -> String {
                 let _ = writeln!(out, "{}", cells.join("  ").replace(" | ", "  "));
             }
         }
-        if let Some(row) = t.schemes.first() {
-            let _ = writeln!(out, "projection: {}", row.projection.assumption);
+        let mut assumptions: Vec<&str> = t
+            .schemes
+            .iter()
+            .map(|r| r.projection.assumption.as_str())
+            .collect();
+        assumptions.dedup();
+        for a in assumptions {
+            let _ = writeln!(out, "projection: {a}");
         }
         if !t.not_run.is_empty() {
             let _ = writeln!(out, "not run by this target: {}", t.not_run.join(", "));
