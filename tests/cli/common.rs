@@ -99,3 +99,28 @@ pub fn fuzz_cases() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200)
 }
+
+/// Runs `cmd`, asserts it succeeded (showing its stderr if not) and parses stdout as JSON.
+pub fn json_success(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
+/// A GGUF declaring architecture `arch` with one zero-filled F32 tensor:
+/// a model edgeforge can read but not run.
+pub fn foreign_gguf(path: &Path, arch: &str, tensor: &str, dims: &[u64]) {
+    use edgeforge::format::atomic::Overwrite;
+    use edgeforge::format::gguf::{GgmlType, GgufWriter, MetaValue};
+    let mut w = GgufWriter::new();
+    w.add_kv("general.architecture", MetaValue::String(arch.into()));
+    w.add_tensor_info(tensor, GgmlType::F32, dims).unwrap();
+    let mut s = w.create(path, Overwrite::Deny).unwrap();
+    s.write_tensor(&vec![0u8; dims.iter().product::<u64>() as usize * 4])
+        .unwrap();
+    s.finish().unwrap();
+}

@@ -6,7 +6,7 @@ use serde_json::Value;
 use edgeforge::engine::{Engine, Network};
 use edgeforge::model::Model;
 
-use crate::common::{edgeforge, minilm, refs_dir, smollm2_gguf};
+use crate::common::{edgeforge, foreign_gguf, json_success, minilm, refs_dir, smollm2_gguf};
 
 fn reference(name: &str) -> Value {
     let text = std::fs::read_to_string(refs_dir().join(name)).unwrap();
@@ -114,24 +114,18 @@ fn minilm_fp32_embeddings_match_the_fp64_reference_to_cosine_0_99999() {
 
 #[test]
 fn run_embed_similarity_reproduces_the_published_matrix_to_4_decimals() {
-    let out = edgeforge()
-        .args(["--json", "run", "embed"])
-        .arg(minilm())
-        .args([
-            "--text",
-            "The weather is lovely today.",
-            "--text",
-            "It's so sunny outside!",
-        ])
-        .args(["--text", "He drove to the stadium.", "--similarity"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = json_success(
+        edgeforge()
+            .args(["--json", "run", "embed"])
+            .arg(minilm())
+            .args([
+                "--text",
+                "The weather is lovely today.",
+                "--text",
+                "It's so sunny outside!",
+            ])
+            .args(["--text", "He drove to the stadium.", "--similarity"]),
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let want = [
         [1.0, 0.6660, 0.1046],
         [0.6660, 1.0, 0.1411],
@@ -202,23 +196,17 @@ fn smollm2_logits_agree_with_llama_cpp_at_every_prompt_position() {
 #[test]
 fn smollm2_greedy_16_tokens_equal_llama_cpp() {
     let r = reference("smollm2_llamacpp_reference.json");
-    let out = edgeforge()
-        .args(["--json", "run", "generate"])
-        .arg(smollm2_gguf())
-        .args([
-            "--prompt",
-            r["prompt"].as_str().unwrap(),
-            "--max-tokens",
-            "16",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = json_success(
+        edgeforge()
+            .args(["--json", "run", "generate"])
+            .arg(smollm2_gguf())
+            .args([
+                "--prompt",
+                r["prompt"].as_str().unwrap(),
+                "--max-tokens",
+                "16",
+            ]),
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["text"], r["greedy16"]);
     assert_eq!(report["tokens"].as_array().unwrap().len(), 16);
 }
@@ -231,13 +219,7 @@ fn embed_cosines_to_reference(model: &std::path::Path) -> Vec<f64> {
     for s in sentences {
         cmd.args(["--text", s["text"].as_str().unwrap()]);
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_success(&mut cmd);
     sentences
         .iter()
         .zip(report["embeddings"].as_array().unwrap())
@@ -307,18 +289,12 @@ fn requantized_smollm2_still_answers_paris() {
     for scheme in ["Q8_0", "Q4_K_M"] {
         let out = dir.path().join(format!("smollm2-{scheme}.gguf"));
         quantize(&smollm2_gguf(), scheme, &out);
-        let run = edgeforge()
-            .args(["--json", "run", "generate"])
-            .arg(&out)
-            .args(["--prompt", "The capital of France is", "--max-tokens", "2"])
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
+        let report = json_success(
+            edgeforge()
+                .args(["--json", "run", "generate"])
+                .arg(&out)
+                .args(["--prompt", "The capital of France is", "--max-tokens", "2"]),
         );
-        let report: Value = serde_json::from_slice(&run.stdout).unwrap();
         assert_eq!(report["text"], " Paris.", "{scheme}");
     }
 }
@@ -354,17 +330,9 @@ fn seeded_sampling_is_reproducible_and_differs_from_greedy() {
 
 #[test]
 fn unsupported_architecture_exits_2_naming_it_and_the_supported_ones() {
-    use edgeforge::format::atomic::Overwrite;
-    use edgeforge::format::gguf::{GgmlType, GgufWriter, MetaValue};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gemma.gguf");
-    let mut w = GgufWriter::new();
-    w.add_kv("general.architecture", MetaValue::String("gemma3".into()));
-    w.add_tensor_info("token_embd.weight", GgmlType::F32, &[4, 2])
-        .unwrap();
-    let mut s = w.create(&path, Overwrite::Deny).unwrap();
-    s.write_tensor(&[0u8; 32]).unwrap();
-    s.finish().unwrap();
+    foreign_gguf(&path, "gemma3", "token_embd.weight", &[4, 2]);
     let out = edgeforge()
         .args(["run", "generate"])
         .arg(&path)

@@ -3,35 +3,19 @@
 
 use serde_json::Value;
 
-use crate::common::{edgeforge, minilm, smollm2_gguf};
+use crate::common::{edgeforge, foreign_gguf, json_success, minilm, smollm2_gguf};
 
 fn profile_json(args: &[&str], model: &std::path::Path) -> Value {
-    let out = edgeforge()
-        .args(["--json", "profile"])
-        .arg(model)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_success(
+        edgeforge()
+            .args(["--json", "profile"])
+            .arg(model)
+            .args(args),
+    )
 }
 
 fn written_tensor_bytes(path: &std::path::Path) -> u64 {
-    let out = edgeforge()
-        .args(["--json", "inspect"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_success(edgeforge().args(["--json", "inspect"]).arg(path));
     v["tensor_bytes"].as_u64().unwrap()
 }
 
@@ -163,17 +147,9 @@ fn bad_profile_input_is_one_clear_line_with_exit_2() {
 
 #[test]
 fn a_model_the_engine_cannot_run_still_gets_static_accounting() {
-    use edgeforge::format::atomic::Overwrite;
-    use edgeforge::format::gguf::{GgmlType, GgufWriter, MetaValue};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gemma.gguf");
-    let mut w = GgufWriter::new();
-    w.add_kv("general.architecture", MetaValue::String("gemma3".into()));
-    w.add_tensor_info("blk.0.ffn_up.weight", GgmlType::F32, &[64, 8])
-        .unwrap();
-    let mut s = w.create(&path, Overwrite::Deny).unwrap();
-    s.write_tensor(&[0u8; 64 * 8 * 4]).unwrap();
-    s.finish().unwrap();
+    foreign_gguf(&path, "gemma3", "blk.0.ffn_up.weight", &[64, 8]);
     let report = profile_json(&["--target", "rpi5-8gb", "--scheme", "Q8_0"], &path);
     assert!(report["host"]["measurement_skipped"]
         .as_str()
