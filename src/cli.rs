@@ -61,6 +61,36 @@ pub enum Command {
     /// host measurement runs the engine; the projection scales the host's
     /// efficiency onto each target's peak compute and memory bandwidth.
     Profile(ProfileArgs),
+    /// Train a smaller student to mimic a teacher, from a recipe, on this CPU
+    ///
+    /// The recipe (TOML, schema in docs/recipes.md) names the teacher, the
+    /// student (a teacher layer subset or explicit dims), the training and
+    /// eval text, the loss and the optimizer. Writes OUT/model (a model folder
+    /// every command loads), OUT/metrics.json and checkpoints in
+    /// OUT/checkpoints; Ctrl-C checkpoints before exiting.
+    Distill(DistillArgs),
+}
+
+/// `edgeforge distill RECIPE`
+#[derive(Debug, Args)]
+pub struct DistillArgs {
+    /// The recipe TOML
+    pub recipe: PathBuf,
+    /// Output folder (default: runs/<recipe name>)
+    #[arg(long, short, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue from the newest checkpoint in the output folder
+    #[arg(long)]
+    pub resume: bool,
+    /// Discard an earlier run in the output folder and start over
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// Stop after this many steps with a checkpoint (continue later with --resume)
+    #[arg(long, value_name = "STEP")]
+    pub until_step: Option<usize>,
+    /// Only check the recipe, teacher and data, then exit
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `edgeforge profile MODEL`

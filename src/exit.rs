@@ -1,7 +1,8 @@
 //! Process entry: parse flags, set up logging and threads, run a command and
 //! map its outcome to the documented exit codes.
 //!
-//! 0 success, 1 a check ran and failed (fit, verify), 2 usage or input error.
+//! 0 success, 1 a check ran and failed (fit, verify), 2 usage or input error,
+//! 130 stopped by Ctrl-C (after a checkpoint).
 
 use std::process::ExitCode;
 
@@ -17,6 +18,8 @@ pub enum ExitStatus {
     Success,
     /// A check ran and failed (a model does not fit, verification failed).
     CheckFailed,
+    /// Stopped by Ctrl-C after saving what can be resumed.
+    Interrupted,
 }
 
 impl From<ExitStatus> for ExitCode {
@@ -24,6 +27,7 @@ impl From<ExitStatus> for ExitCode {
         match status {
             ExitStatus::Success => ExitCode::SUCCESS,
             ExitStatus::CheckFailed => ExitCode::from(1),
+            ExitStatus::Interrupted => ExitCode::from(130),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod distill;
 pub mod engine;
 pub mod exit;
 pub mod format;

@@ -1,12 +1,14 @@
 //! One file per subcommand. Commands resolve settings, call the library and
 //! render human or JSON output; they never parse bytes or do math.
 
+mod distill;
 mod inspect;
 mod profile;
 mod quantize;
 mod run;
 mod targets;
 
+pub use distill::distill;
 pub use inspect::inspect;
 pub use profile::profile;
 pub use quantize::quantize;
@@ -29,5 +31,6 @@ pub fn dispatch(
         Command::Quantize(args) => quantize(&args, global, printer),
         Command::Run(cmd) => run(&cmd, printer),
         Command::Profile(args) => profile(&args, global, printer),
+        Command::Distill(args) => distill(&args, printer),
     }
 }

@@ -56,8 +56,17 @@ impl Batch {
     }
 }
 
+/// Where a network's tensors come from: llama.cpp name and expected shape in,
+/// f32 tensor out (a model file, a teacher's layer subset, a random init).
+pub type TensorSource<'a> = dyn Fn(&str, &[usize]) -> Result<Dense, EngineError> + 'a;
+
 impl BertEncoder {
     pub fn load(c: &BertConfig, w: &Weights, device: &Device) -> Result<Self, EngineError> {
+        Self::build(c, &|name, shape| w.get(name, shape), device)
+    }
+
+    /// Builds the encoder from any tensor source.
+    pub fn build(c: &BertConfig, w: &TensorSource, device: &Device) -> Result<Self, EngineError> {
         let (h, f) = (c.hidden_size, c.intermediate_size);
         let eps = c.layer_norm_eps;
         let layers = (0..c.num_hidden_layers)
@@ -116,12 +125,18 @@ impl BertEncoder {
 
     /// Mean-pooled, L2-normalised sentence embeddings, `[batch, hidden]`.
     pub fn embed(&self, batch: &Batch) -> Tensor<2> {
+        l2_normalize(self.pooled(batch))
+    }
+
+    /// Token states averaged over the attention mask, before normalisation
+    /// (what embedding distillation matches), `[batch, hidden]`.
+    pub fn pooled(&self, batch: &Batch) -> Tensor<2> {
         let (x, mask) = self.hidden_states(batch);
         let [b, len, h] = x.dims();
         let m = mask.reshape([b, len, 1]);
         let summed: Tensor<2> = (x * m.clone()).sum_dim(1).reshape([b, h]);
         let count: Tensor<2> = m.sum_dim(1).reshape([b, 1]).clamp_min(1e-9);
-        l2_normalize(summed / count)
+        summed / count
     }
 }
 
@@ -164,14 +179,14 @@ pub(super) fn tensor1(d: Dense, device: &Device) -> Tensor<1> {
 
 /// A stored `[out, in]` weight as burn's `[in, out]` Linear, with its bias.
 fn linear(
-    w: &Weights,
+    w: &TensorSource,
     name: &str,
     out: usize,
     inp: usize,
     device: &Device,
 ) -> Result<Linear, EngineError> {
-    let weight = w.get(&format!("{name}.weight"), &[out, inp])?;
-    let bias = w.get(&format!("{name}.bias"), &[out])?;
+    let weight = w(&format!("{name}.weight"), &[out, inp])?;
+    let bias = w(&format!("{name}.bias"), &[out])?;
     Ok(Linear {
         weight: Param::from_tensor(tensor2(transpose(&weight), device)),
         bias: Some(Param::from_tensor(tensor1(bias, device))),
@@ -179,30 +194,30 @@ fn linear(
 }
 
 fn layer_norm(
-    w: &Weights,
+    w: &TensorSource,
     name: &str,
     h: usize,
     eps: f64,
     device: &Device,
 ) -> Result<LayerNorm, EngineError> {
     let mut norm = LayerNormConfig::new(h).with_epsilon(eps).init(device);
-    norm.gamma = Param::from_tensor(tensor1(w.get(&format!("{name}.weight"), &[h])?, device));
+    norm.gamma = Param::from_tensor(tensor1(w(&format!("{name}.weight"), &[h])?, device));
     norm.beta = Some(Param::from_tensor(tensor1(
-        w.get(&format!("{name}.bias"), &[h])?,
+        w(&format!("{name}.bias"), &[h])?,
         device,
     )));
     Ok(norm)
 }
 
 fn embedding(
-    w: &Weights,
+    w: &TensorSource,
     name: &str,
     n: usize,
     h: usize,
     device: &Device,
 ) -> Result<Embedding, EngineError> {
     Ok(Embedding {
-        weight: Param::from_tensor(tensor2(w.get(name, &[n, h])?, device)),
+        weight: Param::from_tensor(tensor2(w(name, &[n, h])?, device)),
     })
 }
 

@@ -56,6 +56,11 @@ impl TextTokenizer {
         })
     }
 
+    /// Token text to id, special tokens included (to compare two tokenizers).
+    pub fn vocabulary(&self) -> std::collections::BTreeMap<String, u32> {
+        self.inner.get_vocab(true).into_iter().collect()
+    }
+
     /// Builds the tokenizer a GGUF file describes.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, EngineError> {
         let path = file.path().to_path_buf();

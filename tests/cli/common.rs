@@ -23,22 +23,37 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The real-model cache of `../shared/models/fetch.sh`. Panics with the fix
-/// when a model is missing: CI must not skip real-model tests silently.
-pub fn model_dir(name: &str) -> PathBuf {
-    let cache = std::env::var_os("EDGEFORGE_MODELS")
+/// A cache folder the fetch scripts fill: `$ENV`, else `~/.cache/<default>`.
+fn cache_folder(env: &str, default: &str) -> PathBuf {
+    std::env::var_os(env)
         .map(PathBuf::from)
         .or_else(|| {
             let base = std::env::var_os("XDG_CACHE_HOME")
                 .map(PathBuf::from)
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-            Some(base.join("edgeforge-models"))
+            Some(base.join(default))
         })
-        .expect("HOME or EDGEFORGE_MODELS is set");
-    let dir = cache.join(name);
+        .unwrap_or_else(|| panic!("HOME or {env} is set"))
+}
+
+/// The real-model cache of `../shared/models/fetch.sh`. Panics with the fix
+/// when a model is missing: CI must not skip real-model tests silently.
+pub fn model_dir(name: &str) -> PathBuf {
+    let dir = cache_folder("EDGEFORGE_MODELS", "edgeforge-models").join(name);
     assert!(
         dir.join(".ok").exists(),
         "real model `{name}` missing in {}: run ../shared/models/fetch.sh {name}",
+        dir.display()
+    );
+    dir
+}
+
+/// The Debian fortunes corpus `scripts/fetch-corpus` writes (train.txt, eval.txt, topics/).
+pub fn fortunes() -> PathBuf {
+    let dir = cache_folder("EDGEFORGE_DATA", "edgeforge-data").join("fortunes");
+    assert!(
+        dir.join(".ok").exists(),
+        "fortunes corpus missing in {}: run scripts/fetch-corpus",
         dir.display()
     );
     dir

@@ -2,6 +2,7 @@
 //! format, sharing the helpers in `common`.
 
 mod common;
+mod distill;
 mod engine;
 mod gguf;
 mod inspect;
