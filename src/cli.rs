@@ -129,6 +129,12 @@ pub struct ProfileArgs {
     /// Markdown tables (for CI job summaries) instead of plain text
     #[arg(long)]
     pub markdown: bool,
+    /// Also draw projected latency against weight size per scheme and target (SVG)
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Replace an existing --plot file
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `edgeforge run ...`

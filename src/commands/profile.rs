@@ -6,10 +6,12 @@ use serde::Serialize;
 
 use crate::cli::{GlobalArgs, ProfileArgs};
 use crate::exit::ExitStatus;
+use crate::format::atomic::{AtomicFile, Overwrite};
 use crate::model::{Model, TensorRole};
 use crate::printer::{sanitize, Printer};
 use crate::profile::accounting::{self, SchemeCost};
 use crate::profile::measure::{self, Measurement};
+use crate::profile::plot;
 use crate::profile::project::{self, Efficiency, Projection, Work};
 use crate::quant::plan::Preset;
 use crate::target::{self, Target};
@@ -76,6 +78,12 @@ pub fn profile(
     anyhow::ensure!(args.tokens > 0, "`--tokens` must be at least 1");
     anyhow::ensure!(args.batch > 0, "`--batch` must be at least 1");
     anyhow::ensure!(args.runs > 0, "`--runs` must be at least 1");
+    if let Some(plot) = args.plot.as_ref().filter(|p| p.exists() && !args.force) {
+        bail!(
+            "{}: Output already exists (pass --force to replace it)",
+            plot.display()
+        );
+    }
     let model = Model::open(&args.model).context("Cannot profile")?;
     let max = crate::memory::max_context(&model.architecture);
     if let (Some(max), Some(n)) = (max, args.context) {
@@ -211,12 +219,72 @@ pub fn profile(
         },
         targets: reports,
     };
+    if let Some(path) = &args.plot {
+        write_plot(&report, path, args.force)?;
+    }
     if printer.json {
         printer.json_out(&report)?;
     } else {
         printer.out(&render(&report, args.markdown))?;
     }
     Ok(ExitStatus::Success)
+}
+
+/// The `--plot` SVG: decoders per generated token, encoders per input.
+fn write_plot(r: &Report, path: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let series: Vec<plot::Series> = r
+        .targets
+        .iter()
+        .map(|t| plot::Series {
+            target: t.name.clone(),
+            points: t
+                .schemes
+                .iter()
+                .filter_map(|row| {
+                    let p = &row.projection;
+                    let ms = p
+                        .decode_tokens_per_second
+                        .map(|tps| 1e3 / tps)
+                        .or(p.latency_ms)?;
+                    Some(plot::Point {
+                        scheme: row.cost.scheme.clone(),
+                        weights_mib: row.cost.weights_bytes as f64 / (1u64 << 20) as f64,
+                        latency_ms: ms,
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    let decoder = r
+        .targets
+        .iter()
+        .flat_map(|t| &t.schemes)
+        .any(|row| row.projection.decode_tokens_per_second.is_some());
+    let y = if decoder {
+        "projected ms per generated token"
+    } else {
+        "projected ms per input"
+    };
+    let name = r.model.file_name().map_or_else(
+        || r.model.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let svg = plot::svg(
+        &format!("{name}: projected latency by scheme and target"),
+        y,
+        &series,
+    )
+    .map_err(|e| anyhow::anyhow!("{}: cannot plot: {e}", path.display()))?;
+    let overwrite = if force {
+        Overwrite::Allow
+    } else {
+        Overwrite::Deny
+    };
+    let mut file = AtomicFile::create(path, overwrite)?;
+    std::io::Write::write_all(&mut file, svg.as_bytes())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    file.commit()?;
+    Ok(())
 }
 
 fn is_decoder(model: &Model) -> bool {

@@ -72,6 +72,13 @@ impl AtomicFile {
             source,
         };
         let temp = self.temp.into_inner().map_err(|e| io_err(e.into_error()))?;
+        // Temp files are created owner-only; outputs are ordinary shareable files.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::Permissions::from_mode(0o644);
+            temp.as_file().set_permissions(mode).map_err(io_err)?;
+        }
         temp.as_file().sync_all().map_err(io_err)?;
         match self.overwrite {
             Overwrite::Allow => temp.persist(&target).map_err(|e| io_err(e.error))?,

@@ -4,4 +4,5 @@
 
 pub mod accounting;
 pub mod measure;
+pub mod plot;
 pub mod project;

@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use crate::common::{edgeforge, foreign_gguf, json_success, minilm, smollm2_gguf};
+use crate::common::{predicate, OutputAssertExt};
 
 fn profile_json(args: &[&str], model: &std::path::Path) -> Value {
     json_success(
@@ -159,4 +160,41 @@ fn a_model_the_engine_cannot_run_still_gets_static_accounting() {
         report["targets"][0]["schemes"][0]["weights_bytes"],
         8 * 2 * 34
     );
+}
+
+#[test]
+fn plot_draws_every_target_and_scheme_and_never_overwrites_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("minilm.svg");
+    let args = [
+        "--no-measure",
+        "--target",
+        "rpi5-8gb",
+        "--target",
+        "pixel-8",
+        "--plot",
+    ];
+    let mut cmd = edgeforge();
+    cmd.args(["profile", "--json"])
+        .args(args)
+        .arg(&svg)
+        .arg(minilm());
+    let report = json_success(&mut cmd);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+    for target in report["targets"].as_array().unwrap() {
+        assert!(text.contains(target["name"].as_str().unwrap()));
+        for row in target["schemes"].as_array().unwrap() {
+            assert!(text.contains(&format!(">\n{}\n<", row["scheme"].as_str().unwrap())));
+        }
+    }
+    edgeforge()
+        .args(["profile"])
+        .args(args)
+        .arg(&svg)
+        .arg(minilm())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("already exists"));
+    assert_eq!(std::fs::read_to_string(&svg).unwrap(), text);
 }
