@@ -69,6 +69,65 @@ pub enum Command {
     /// every command loads), OUT/metrics.json and checkpoints in
     /// OUT/checkpoints; Ctrl-C checkpoints before exiting.
     Distill(DistillArgs),
+    /// Package a model for one target: files, tokenizer and a hashed manifest
+    ///
+    /// Writes OUT/<name>/<version>/<target>/ through a temp folder and a rename:
+    /// the model files, an optional recipe copy and manifest.json (lineage,
+    /// plan, metrics, compatibility, every file's sha256). The artifact id is
+    /// the sha256 of the canonical manifest; the same inputs give the same id.
+    Package(PackageArgs),
+    /// Check an artifact: integrity, fit on its target, accuracy within budget
+    ///
+    /// Exit 0 when every check passes, 1 when one fails (named, with by how
+    /// much), 2 on a usage or input error.
+    Verify(VerifyArgs),
+}
+
+/// `edgeforge package MODEL`
+#[derive(Debug, Args)]
+pub struct PackageArgs {
+    /// The model to ship (a `.gguf`, `.safetensors` or model folder, e.g. what `quantize` wrote)
+    pub model: PathBuf,
+    /// The device target it is for
+    #[arg(long, value_name = "T")]
+    pub target: String,
+    /// Artifact name (lowercase letters, digits, `.`, `_`, `-`)
+    #[arg(long)]
+    pub name: String,
+    /// Semantic version, e.g. 1.0.0
+    #[arg(long = "version", value_name = "SEMVER")]
+    pub semver: String,
+    /// The model it was made from: recorded as its source, and the accuracy reference
+    #[arg(long, value_name = "MODEL")]
+    pub reference: Option<PathBuf>,
+    /// The recipe it was made with (copied into the artifact and hashed)
+    #[arg(long, value_name = "TOML")]
+    pub recipe: Option<PathBuf>,
+    /// Eval texts for the accuracy figures, one per line (default: a built-in set)
+    #[arg(long, value_name = "FILE")]
+    pub eval: Option<PathBuf>,
+    /// The dist folder
+    #[arg(long, short, value_name = "DIR", default_value = "dist")]
+    pub out: PathBuf,
+    /// Replace an existing artifact with different contents
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `edgeforge verify ARTIFACT`
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// An artifact folder (dist/<name>/<version>/<target>)
+    pub artifact: PathBuf,
+    /// Re-measure accuracy against this reference model (else the recorded figures are gated)
+    #[arg(long, value_name = "MODEL")]
+    pub reference: Option<PathBuf>,
+    /// Eval texts, one per line (default: a built-in set)
+    #[arg(long, value_name = "FILE")]
+    pub eval: Option<PathBuf>,
+    /// Also write a JUnit XML report
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 }
 
 /// `edgeforge distill RECIPE`

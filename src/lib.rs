@@ -4,6 +4,7 @@
 //! The library owns every piece of real work (formats, targets, quantization);
 //! `commands` only orchestrate and render, `cli` only declares flags.
 
+pub mod artifact;
 pub mod cli;
 pub mod commands;
 pub mod distill;

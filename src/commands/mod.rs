@@ -3,6 +3,7 @@
 
 mod distill;
 mod inspect;
+mod package;
 mod profile;
 mod quantize;
 mod run;
@@ -10,6 +11,7 @@ mod targets;
 
 pub use distill::distill;
 pub use inspect::inspect;
+pub use package::{package, verify};
 pub use profile::profile;
 pub use quantize::quantize;
 pub use run::run;
@@ -32,5 +34,7 @@ pub fn dispatch(
         Command::Run(cmd) => run(&cmd, printer),
         Command::Profile(args) => profile(&args, global, printer),
         Command::Distill(args) => distill(&args, printer),
+        Command::Package(args) => package(&args, global, printer),
+        Command::Verify(args) => verify(&args, global, printer),
     }
 }

@@ -6,6 +6,7 @@ mod distill;
 mod engine;
 mod gguf;
 mod inspect;
+mod package;
 mod profile;
 mod quant_kernels;
 mod quantize;

@@ -1,0 +1,432 @@
+//! Versioned, content-addressed artifacts: `dist/<name>/<version>/<target>/`
+//! holds the model file(s), an optional recipe copy and `manifest.json`
+//! (lineage, plan, metrics, compatibility, every file's sha256). The
+//! artifact id is the sha256 of the canonical manifest. `verify` re-checks
+//! integrity, fit and accuracy.
+
+pub mod accuracy;
+pub mod manifest;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::engine::Engine;
+use crate::format::gguf::GgufFile;
+use crate::memory::Footprint;
+use crate::model::{Model, ModelFormat, TensorRole};
+use crate::target::Target;
+use manifest::{
+    canonical_json, Compatibility, FileEntry, Manifest, Metrics, Quantization, Source, TargetRef,
+    Tool,
+};
+
+pub const MANIFEST: &str = "manifest.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{}: {message}", path.display())]
+    At { path: PathBuf, message: String },
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+}
+
+impl ArtifactError {
+    pub fn at(path: &Path, message: impl Into<String>) -> Self {
+        Self::At {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What `package` needs.
+pub struct PackageInput<'a> {
+    /// The model to ship (what `quantize` wrote, or any model).
+    pub model: &'a Path,
+    /// The model it was made from: lineage and the accuracy reference.
+    pub reference: Option<&'a Path>,
+    pub target: &'a Target,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub recipe: Option<&'a Path>,
+    /// Eval texts for the accuracy figures (default: the built-in set).
+    pub eval: Vec<String>,
+    /// The `dist/` root.
+    pub out: &'a Path,
+    pub force: bool,
+}
+
+/// A packaged artifact.
+pub struct Packaged {
+    pub dir: PathBuf,
+    pub id: String,
+    pub manifest: Manifest,
+    /// An identical artifact was already there.
+    pub unchanged: bool,
+}
+
+/// Writes `out/<name>/<version>/<target>/` through a temp folder and a rename.
+pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
+    check_name(input.name).map_err(|m| ArtifactError::at(Path::new("--name"), m))?;
+    check_semver(input.version).map_err(|m| ArtifactError::at(Path::new("--version"), m))?;
+    let model = Model::open(input.model)?;
+    let reference = input.reference.map(Model::open).transpose()?;
+    let target = input.target;
+    let dir = input
+        .out
+        .join(input.name)
+        .join(input.version)
+        .join(target.name());
+    let parent = dir.parent().expect("artifact folder has a parent");
+    fs_err::create_dir_all(parent).map_err(|e| ArtifactError::at(parent, e.to_string()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", target.name()))
+        .tempdir_in(parent)
+        .map_err(|e| ArtifactError::at(parent, e.to_string()))?;
+
+    let mut files = Vec::new();
+    for file in &model.files {
+        let name = file_name(file);
+        files.push(copy_hashed(file, &tmp.path().join(&name), &name)?);
+    }
+    let recipe = match input.recipe {
+        Some(r) => {
+            let entry = copy_hashed(r, &tmp.path().join("recipe.toml"), "recipe.toml")?;
+            files.push(entry.clone());
+            Some(entry)
+        }
+        None => None,
+    };
+    files.sort();
+    let source_model = reference.as_ref().unwrap_or(&model);
+    let source = Source {
+        architecture: source_model.architecture.name().to_string(),
+        files: source_model
+            .files
+            .iter()
+            .map(|f| {
+                hash_file(f).map(|(size, sha256)| FileEntry {
+                    path: file_name(f),
+                    size,
+                    sha256,
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let quantization = quantization_of(&model);
+    let accuracy = match &reference {
+        Some(r) => {
+            let (a, b) = (Engine::load(&model)?, Engine::load(r)?);
+            Some(accuracy::measure(&a, &b, &input.eval)?)
+        }
+        None => None,
+    };
+    let footprint = footprint_on(&model, target, quantization.weight_bytes);
+    let manifest = Manifest {
+        schema: manifest::SCHEMA.into(),
+        name: input.name.into(),
+        version: input.version.into(),
+        target: TargetRef {
+            name: target.name().into(),
+            class: target.spec.class.to_string(),
+            sha256: target.sha256.clone(),
+        },
+        source,
+        recipe,
+        tool: Tool {
+            name: "edgeforge".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        metrics: Metrics {
+            size_bytes: files.iter().map(|f| f.size).sum(),
+            bits_per_weight: quantization.bits_per_weight,
+            context_tokens: footprint.context_tokens,
+            total_bytes: footprint.total_bytes,
+            budget_bytes: footprint.budget_bytes,
+            fits: footprint.fits(),
+            accuracy,
+        },
+        compatibility: compatibility_of(&model),
+        quantization,
+        files,
+        created: std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.parse().ok()),
+    };
+    let bytes = canonical_json(&manifest);
+    let id = hex::encode(Sha256::digest(&bytes));
+    write_all(&tmp.path().join(MANIFEST), &bytes)?;
+
+    let existing = dir.join(MANIFEST);
+    if existing.exists() {
+        let old =
+            fs_err::read(&existing).map_err(|e| ArtifactError::at(&existing, e.to_string()))?;
+        if old == bytes && verify::integrity(&dir, &manifest).iter().all(|c| c.passed) {
+            return Ok(Packaged {
+                dir,
+                id,
+                manifest,
+                unchanged: true,
+            });
+        }
+        if !input.force {
+            return Err(ArtifactError::at(
+                &dir,
+                format!(
+                    "an artifact with different contents is already here (id {}); pass --force to replace it",
+                    hex::encode(Sha256::digest(&old))
+                ),
+            ));
+        }
+    }
+    if dir.exists() {
+        // Move the old one aside first so the swap never leaves no artifact and a half one.
+        let old = parent.join(format!(".{}.old", target.name()));
+        let _ = fs_err::remove_dir_all(&old);
+        fs_err::rename(&dir, &old).map_err(|e| ArtifactError::at(&dir, e.to_string()))?;
+        fs_err::rename(tmp.keep(), &dir).map_err(|e| ArtifactError::at(&dir, e.to_string()))?;
+        let _ = fs_err::remove_dir_all(&old);
+    } else {
+        fs_err::rename(tmp.keep(), &dir).map_err(|e| ArtifactError::at(&dir, e.to_string()))?;
+    }
+    Ok(Packaged {
+        dir,
+        id,
+        manifest,
+        unchanged: false,
+    })
+}
+
+/// Weights + KV cache + activations + overhead of `model` on `target` at its context.
+pub fn footprint_on(model: &Model, target: &Target, weight_bytes: u64) -> Footprint {
+    let mut context = target.spec.workload.context_tokens;
+    if let Some(max) = crate::memory::max_context(&model.architecture) {
+        context = context.min(max);
+    }
+    Footprint::new(
+        &model.architecture,
+        weight_bytes,
+        context,
+        target.runtime_overhead_bytes(),
+        target.model_budget_bytes(),
+    )
+}
+
+fn quantization_of(model: &Model) -> Quantization {
+    let schemes: BTreeMap<String, String> = model
+        .metadata()
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("edgeforge.scheme.")?.to_string(), v)))
+        .collect();
+    let mut tensor_types = BTreeMap::new();
+    let mut plan = BTreeMap::new();
+    let (mut parameters, mut bytes) = (0u64, 0u64);
+    for t in &model.tensors {
+        if t.role == TensorRole::Buffer || t.name.ends_with(".scale") || t.name.ends_with(".zero") {
+            continue;
+        }
+        let ty = schemes
+            .get(&t.name)
+            .cloned()
+            .unwrap_or_else(|| t.dtype.name());
+        *tensor_types.entry(ty.clone()).or_insert(0) += 1;
+        plan.insert(t.name.clone(), ty);
+        bytes += t.n_bytes;
+        parameters += t.n_elems;
+    }
+    // Side tensors (scales, zero points) are part of what the weights cost.
+    bytes += model
+        .tensors
+        .iter()
+        .filter(|t| t.name.ends_with(".scale") || t.name.ends_with(".zero"))
+        .map(|t| t.n_bytes)
+        .sum::<u64>();
+    let parameters = if schemes.values().any(|s| s.starts_with("int4")) {
+        // Packed int4 stores two values per element.
+        model
+            .tensors
+            .iter()
+            .filter(|t| {
+                t.role != TensorRole::Buffer
+                    && !t.name.ends_with(".scale")
+                    && !t.name.ends_with(".zero")
+            })
+            .map(|t| {
+                if schemes.get(&t.name).is_some_and(|s| s.starts_with("int4")) {
+                    2 * t.n_elems
+                } else {
+                    t.n_elems
+                }
+            })
+            .sum()
+    } else {
+        parameters
+    };
+    Quantization {
+        format: format_name(model).into(),
+        parameters,
+        weight_bytes: bytes,
+        bits_per_weight: ((bytes as f64 * 8.0 / parameters.max(1) as f64) * 1e4).round() / 1e4,
+        tensor_types,
+        plan,
+    }
+}
+
+fn format_name(model: &Model) -> &'static str {
+    match model.format {
+        ModelFormat::Gguf => "gguf",
+        ModelFormat::Safetensors => "safetensors",
+    }
+}
+
+fn compatibility_of(model: &Model) -> Compatibility {
+    let mut requires: Vec<String> = Vec::new();
+    let gguf_version = model.gguf().map(GgufFile::version);
+    match model.format {
+        ModelFormat::Gguf => {
+            requires.push(format!("gguf v{}", gguf_version.unwrap_or(3)));
+            requires.push(format!(
+                "llama.cpp architecture `{}`",
+                model.architecture.name()
+            ));
+            let mut types: Vec<String> = model.tensors.iter().map(|t| t.dtype.name()).collect();
+            types.sort();
+            types.dedup();
+            requires.extend(types.into_iter().map(|t| format!("ggml type {t}")));
+        }
+        ModelFormat::Safetensors => {
+            requires.push("safetensors".into());
+            let mut schemes: Vec<String> = model
+                .metadata()
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("edgeforge.scheme."))
+                .map(|(_, v)| format!("edgeforge scheme {v} (docs/formats.md)"))
+                .collect();
+            schemes.sort();
+            schemes.dedup();
+            requires.extend(schemes);
+        }
+    }
+    Compatibility {
+        format: format_name(model).into(),
+        gguf_version,
+        requires,
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Copies `from` to `to`, hashing the bytes as they pass.
+fn copy_hashed(from: &Path, to: &Path, rel: &str) -> Result<FileEntry, ArtifactError> {
+    let mut reader =
+        fs_err::File::open(from).map_err(|e| ArtifactError::at(from, e.to_string()))?;
+    let mut writer = std::io::BufWriter::new(
+        fs_err::File::create(to).map_err(|e| ArtifactError::at(to, e.to_string()))?,
+    );
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| ArtifactError::at(from, e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        writer
+            .write_all(&buf[..n])
+            .map_err(|e| ArtifactError::at(to, format!("cannot write: {e}")))?;
+        size += n as u64;
+    }
+    let file = writer
+        .into_inner()
+        .map_err(|e| ArtifactError::at(to, e.to_string()))?;
+    file.sync_all()
+        .map_err(|e| ArtifactError::at(to, e.to_string()))?;
+    Ok(FileEntry {
+        path: rel.into(),
+        size,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+/// Size and sha256 of a file, streamed.
+pub fn hash_file(path: &Path) -> Result<(u64, String), ArtifactError> {
+    let mut reader =
+        fs_err::File::open(path).map_err(|e| ArtifactError::at(path, e.to_string()))?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut reader, &mut hasher)
+        .map_err(|e| ArtifactError::at(path, e.to_string()))?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+fn write_all(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
+    fs_err::write(path, bytes).map_err(|e| ArtifactError::at(path, format!("cannot write: {e}")))
+}
+
+/// Artifact names become folder names and registry repositories.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not a valid artifact name (lowercase letters, digits, `.`, `_`, `-`; starting with a letter or digit)"))
+    }
+}
+
+/// Semantic Versioning 2.0: MAJOR.MINOR.PATCH[-PRE][+BUILD].
+fn check_semver(v: &str) -> Result<(), String> {
+    let err = || format!("`{v}` is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.2.0)");
+    let (core, _build) = v.split_once('+').unwrap_or((v, ""));
+    let (core, pre) = core.split_once('-').unwrap_or((core, ""));
+    let parts: Vec<&str> = core.split('.').collect();
+    let numeric = |p: &str| {
+        !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && (p == "0" || !p.starts_with('0'))
+    };
+    if parts.len() != 3 || !parts.iter().all(|p| numeric(p)) {
+        return Err(err());
+    }
+    if v.contains('-')
+        && (pre.is_empty()
+            || !pre
+                .split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')))
+    {
+        return Err(err());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semver_and_names() {
+        for ok in ["1.0.0", "0.3.12", "2.0.0-rc.1", "1.0.0+build.5"] {
+            assert!(check_semver(ok).is_ok(), "{ok}");
+        }
+        for bad in ["1.0", "01.0.0", "1.0.0-", "v1.0.0", "1.0.x"] {
+            assert!(check_semver(bad).is_err(), "{bad}");
+        }
+        assert!(check_name("minilm-l6.q8").is_ok());
+        assert!(check_name("../x").is_err());
+        assert!(check_name("Upper").is_err());
+    }
+}

@@ -1,0 +1,267 @@
+//! `verify`: integrity (every file's size and sha256, nothing missing or
+//! extra), fit on the target, and the accuracy gate against the target's
+//! budget. Each check says what failed and by how much.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::accuracy::{self, Gate};
+use super::manifest::Manifest;
+use super::{footprint_on, hash_file, ArtifactError, MANIFEST};
+use crate::engine::Engine;
+use crate::model::Model;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// `integrity`, `fit` or `accuracy`.
+    pub kind: &'static str,
+    /// What was checked (a file, the budget, a metric).
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub artifact: PathBuf,
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub target: String,
+    pub passed: bool,
+    pub checks: Vec<Check>,
+}
+
+/// Reads an artifact's manifest; a missing or unreadable one is an input error.
+pub fn read_manifest(dir: &Path) -> Result<(Manifest, String), ArtifactError> {
+    let path = dir.join(MANIFEST);
+    let bytes = fs_err::read(&path).map_err(|e| ArtifactError::at(&path, e.to_string()))?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| ArtifactError::at(&path, format!("not an edgeforge manifest: {e}")))?;
+    if manifest.schema != super::manifest::SCHEMA {
+        return Err(ArtifactError::at(
+            &path,
+            format!(
+                "unknown schema `{}` (this edgeforge reads {})",
+                manifest.schema,
+                super::manifest::SCHEMA
+            ),
+        ));
+    }
+    Ok((manifest, hex::encode(Sha256::digest(&bytes))))
+}
+
+/// Runs every check. `reference` re-measures accuracy; without it the
+/// recorded figures are gated against the budget.
+pub fn verify(
+    dir: &Path,
+    reference: Option<&Path>,
+    eval: &[String],
+    targets_dir: Option<&Path>,
+) -> Result<Verification, ArtifactError> {
+    let (manifest, id) = read_manifest(dir)?;
+    let mut checks = integrity(dir, &manifest);
+    let intact = checks.iter().all(|c| c.passed);
+    let target = crate::target::load(&manifest.target.name, targets_dir)
+        .map_err(|e| ArtifactError::at(&dir.join(MANIFEST), e.to_string()))?;
+    if intact {
+        let model = Model::open(&payload_path(dir, &manifest))?;
+        let f = footprint_on(&model, &target, manifest.quantization.weight_bytes);
+        let drift = if target.sha256 == manifest.target.sha256 {
+            String::new()
+        } else {
+            " (the target profile changed since packaging)".into()
+        };
+        checks.push(Check {
+            kind: "fit",
+            name: target.name().into(),
+            passed: f.fits(),
+            detail: if f.fits() {
+                format!(
+                    "{:.1} of {:.1} MiB at {} tokens{drift}",
+                    mib(f.total_bytes),
+                    mib(f.budget_bytes),
+                    f.context_tokens
+                )
+            } else {
+                format!(
+                    "misses the budget by {:.1} MiB ({:.1} of {:.1} MiB){drift}",
+                    f.shortfall_mib(),
+                    mib(f.total_bytes),
+                    mib(f.budget_bytes)
+                )
+            },
+        });
+        let (acc, source) = match reference {
+            Some(r) => {
+                let reference = Model::open(r)?;
+                let (a, b) = (Engine::load(&model)?, Engine::load(&reference)?);
+                (
+                    Some(accuracy::measure(&a, &b, eval)?),
+                    "measured against the reference",
+                )
+            }
+            None => (
+                manifest.metrics.accuracy.clone(),
+                "recorded at packaging; pass --reference to re-measure",
+            ),
+        };
+        match acc {
+            Some(acc) => checks.extend(
+                acc.gates(&target.spec.accuracy)
+                    .into_iter()
+                    .map(|g| gate_check(g, source)),
+            ),
+            None => checks.push(Check {
+                kind: "accuracy",
+                name: "accuracy".into(),
+                passed: true,
+                detail: "not checked: no figures recorded and no --reference".into(),
+            }),
+        }
+    }
+    Ok(Verification {
+        artifact: dir.to_path_buf(),
+        id,
+        name: manifest.name,
+        version: manifest.version,
+        target: manifest.target.name,
+        passed: checks.iter().all(|c| c.passed),
+        checks,
+    })
+}
+
+fn gate_check(g: Gate, source: &str) -> Check {
+    let relation = if g.kind == "max" { "<=" } else { ">=" };
+    let detail = if g.passed {
+        format!("{:.6} {relation} {} ({source})", g.value, g.limit)
+    } else {
+        format!(
+            "{:.6} is not {relation} {}: off by {:.6} ({source})",
+            g.value,
+            g.limit,
+            (g.value - g.limit).abs()
+        )
+    };
+    Check {
+        kind: "accuracy",
+        name: g.metric.into(),
+        passed: g.passed,
+        detail,
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
+
+/// The model inside: the single weights file, else the folder.
+fn payload_path(dir: &Path, m: &Manifest) -> PathBuf {
+    let weights: Vec<&str> = m
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .filter(|p| p.ends_with(".gguf") || p.ends_with(".safetensors"))
+        .collect();
+    match weights.as_slice() {
+        [one] if one.ends_with(".gguf") => dir.join(one),
+        [one] if !dir.join("config.json").exists() => dir.join(one),
+        _ => dir.to_path_buf(),
+    }
+}
+
+/// Every listed file present with its size and sha256; nothing unlisted.
+pub fn integrity(dir: &Path, m: &Manifest) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for f in &m.files {
+        let path = dir.join(&f.path);
+        let (passed, detail) = match hash_file(&path) {
+            Err(_) if !path.exists() => (false, "missing".to_string()),
+            Err(e) => (false, e.to_string()),
+            Ok((size, _)) if size != f.size => (
+                false,
+                format!(
+                    "size {size} bytes, manifest says {} (truncated or replaced)",
+                    f.size
+                ),
+            ),
+            Ok((_, sha)) if sha != f.sha256 => (
+                false,
+                format!("sha256 {sha}, manifest says {} (modified)", f.sha256),
+            ),
+            Ok(_) => (true, "size and sha256 match".to_string()),
+        };
+        checks.push(Check {
+            kind: "integrity",
+            name: f.path.clone(),
+            passed,
+            detail,
+        });
+    }
+    let listed: std::collections::BTreeSet<&str> =
+        m.files.iter().map(|f| f.path.as_str()).collect();
+    for extra in walk(dir, dir) {
+        if extra != MANIFEST && !listed.contains(extra.as_str()) {
+            checks.push(Check {
+                kind: "integrity",
+                name: extra,
+                passed: false,
+                detail: "not listed in the manifest (extra file)".into(),
+            });
+        }
+    }
+    checks
+}
+
+/// Relative paths of every file under `dir`, sorted.
+fn walk(root: &Path, dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs_err::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(root, &path));
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A JUnit XML report (one test case per check) for CI systems.
+pub fn junit(v: &Verification) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let failures = v.checks.iter().filter(|c| !c.passed).count();
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n  <testsuite name=\"edgeforge verify {}\" tests=\"{}\" failures=\"{failures}\">\n",
+        esc(&format!("{} {} {}", v.name, v.version, v.target)),
+        v.checks.len()
+    );
+    for c in &v.checks {
+        let name = esc(&format!("{}: {}", c.kind, c.name));
+        if c.passed {
+            xml.push_str(&format!(
+                "    <testcase classname=\"{}\" name=\"{name}\"/>\n",
+                c.kind
+            ));
+        } else {
+            xml.push_str(&format!(
+                "    <testcase classname=\"{}\" name=\"{name}\">\n      <failure message=\"{}\"/>\n    </testcase>\n",
+                c.kind,
+                esc(&c.detail)
+            ));
+        }
+    }
+    xml.push_str("  </testsuite>\n</testsuites>\n");
+    xml
+}

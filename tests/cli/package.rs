@@ -1,0 +1,280 @@
+//! `package` and `verify`: reproducible content-addressed artifacts, and a
+//! verify that fails, naming the file or the metric, when something is off.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+struct Dist {
+    dir: tempfile::TempDir,
+}
+
+impl Dist {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// MiniLM quantized to `scheme` as GGUF.
+    fn quantized(&self, scheme: &str) -> PathBuf {
+        let out = self.path(&format!("minilm.{scheme}.gguf"));
+        edgeforge()
+            .args(["-q", "quantize", "--scheme", scheme, "-o"])
+            .arg(&out)
+            .arg(minilm())
+            .assert()
+            .success();
+        out
+    }
+
+    fn package(&self, model: &Path, target: &str, out: &str, threads: &str) -> Value {
+        json_success(
+            edgeforge()
+                .args(["--json", "--threads", threads, "package"])
+                .arg(model)
+                .args([
+                    "--target",
+                    target,
+                    "--name",
+                    "minilm",
+                    "--version",
+                    "1.2.0",
+                    "--reference",
+                ])
+                .arg(minilm())
+                .arg("--recipe")
+                .arg(repo_root().join("recipes/minilm-l3-fortunes.toml"))
+                .arg("--out")
+                .arg(self.path(out)),
+        )
+    }
+
+    fn verify(&self, artifact: &Path) -> std::process::Output {
+        edgeforge()
+            .args(["--json", "verify"])
+            .arg(artifact)
+            .output()
+            .unwrap()
+    }
+}
+
+fn tree_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_same_inputs_give_byte_identical_artifacts_at_any_thread_count() {
+    let d = Dist::new();
+    let model = d.quantized("Q8_0");
+    let a = d.package(&model, "rpi5-8gb", "dist-a", "1");
+    let b = d.package(&model, "rpi5-8gb", "dist-b", "2");
+    assert_eq!(a["id"], b["id"]);
+    let (da, db) = (
+        d.path("dist-a/minilm/1.2.0/rpi5-8gb"),
+        d.path("dist-b/minilm/1.2.0/rpi5-8gb"),
+    );
+    assert_eq!(tree_bytes(&da), tree_bytes(&db));
+    // The id is the sha256 of the manifest's bytes, and the manifest lists every other file.
+    let manifest = std::fs::read(da.join("manifest.json")).unwrap();
+    let sha = python()
+        .args([
+            "-c",
+            "import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())",
+        ])
+        .arg(da.join("manifest.json"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&sha.stdout).trim(),
+        a["id"].as_str().unwrap()
+    );
+    let m: Value = serde_json::from_slice(&manifest).unwrap();
+    let listed: Vec<&str> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["minilm.Q8_0.gguf", "recipe.toml"]);
+    assert_eq!(m["target"]["name"], "rpi5-8gb");
+    assert!(m["quantization"]["tensor_types"]["Q8_0"].as_u64().unwrap() > 30);
+    let cos = m["metrics"]["accuracy"]["cosine_mean"].as_f64().unwrap();
+    assert!(cos > 0.999 && cos < 1.0, "Q8_0 cosine {cos}");
+    // Packaging again is a no-op; different contents are not overwritten silently.
+    assert_eq!(
+        d.package(&model, "rpi5-8gb", "dist-a", "2")["unchanged"],
+        true
+    );
+    let other = d.quantized("Q4_0");
+    std::fs::rename(&other, &model).unwrap();
+    let out = edgeforge()
+        .args(["package"])
+        .arg(&model)
+        .args([
+            "--target",
+            "rpi5-8gb",
+            "--name",
+            "minilm",
+            "--version",
+            "1.2.0",
+            "--out",
+        ])
+        .arg(d.path("dist-a"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(tree_bytes(&da), tree_bytes(&db));
+}
+
+#[test]
+fn verify_passes_a_good_artifact_and_names_what_is_wrong_with_a_bad_one() {
+    let d = Dist::new();
+    let model = d.quantized("Q4_K_M");
+    d.package(&model, "rpi5-8gb", "dist", "2");
+    let art = d.path("dist/minilm/1.2.0/rpi5-8gb");
+    let ok = d.verify(&art);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let v: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    let kinds: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"integrity") && kinds.contains(&"fit") && kinds.contains(&"accuracy"));
+
+    // Re-measured against the reference: Q4_K_M MiniLM stays within rpi5's cosine budget.
+    let re = json_success(
+        edgeforge()
+            .args(["--json", "verify"])
+            .arg(&art)
+            .arg("--reference")
+            .arg(minilm()),
+    );
+    let gate = re["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "cosine_drop")
+        .unwrap();
+    assert!(gate["detail"]
+        .as_str()
+        .unwrap()
+        .contains("measured against the reference"));
+
+    // Truncate the weights: exit 1, the file named, JUnit written.
+    let gguf = art.join("minilm.Q4_K_M.gguf");
+    let bytes = std::fs::read(&gguf).unwrap();
+    std::fs::write(&gguf, &bytes[..bytes.len() - 100]).unwrap();
+    let junit = d.path("verify.xml");
+    let bad = edgeforge()
+        .args(["--json", "verify"])
+        .arg(&art)
+        .arg("--junit")
+        .arg(&junit)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&bad.stdout).unwrap();
+    let failed: Vec<&Value> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["name"], "minilm.Q4_K_M.gguf");
+    assert!(failed[0]["detail"].as_str().unwrap().contains("truncated"));
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("failures=\"1\"") && xml.contains("<failure message=\"size"));
+
+    // Same size, one byte flipped: the sha256 catches it.
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 1;
+    std::fs::write(&gguf, &flipped).unwrap();
+    let out = d.verify(&art);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("modified"));
+
+    // No manifest at all: an input error, exit 2, one line.
+    let empty = d.path("empty");
+    std::fs::create_dir(&empty).unwrap();
+    edgeforge()
+        .arg("verify")
+        .arg(&empty)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("manifest.json"));
+}
+
+#[test]
+fn verify_fails_an_artifact_that_breaks_its_targets_budget() {
+    let d = Dist::new();
+    // rpi5-8gb with a strict accuracy budget of its own (rpi5 inherits its budget from base/).
+    let targets = d.path("targets");
+    std::fs::create_dir(&targets).unwrap();
+    let strict = std::fs::read_to_string(repo_root().join("targets/rpi5-8gb.toml"))
+        .unwrap()
+        .replace("name = \"rpi5-8gb\"", "name = \"strict-board\"")
+        .replace("extends = \"base/", &format!("extends = \"{}/targets/base/", repo_root().display()))
+        + "\n[accuracy]\nmax_cosine_drop = 0.00001\nmax_perplexity_increase_pct = 1.0\nmin_top1_agreement = 0.99\n";
+    std::fs::write(targets.join("strict-board.toml"), strict).unwrap();
+    let model = d.quantized("Q2_K");
+    json_success(
+        edgeforge()
+            .arg("--targets-dir")
+            .arg(&targets)
+            .args(["--json", "package"])
+            .arg(&model)
+            .args([
+                "--target",
+                "strict-board",
+                "--name",
+                "minilm",
+                "--version",
+                "0.1.0",
+                "--reference",
+            ])
+            .arg(minilm())
+            .arg("--out")
+            .arg(d.path("dist")),
+    );
+    let out = edgeforge()
+        .arg("--targets-dir")
+        .arg(&targets)
+        .arg("verify")
+        .arg(d.path("dist/minilm/0.1.0/strict-board"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  accuracy   cosine_drop") && stdout.contains("off by"),
+        "{stdout}"
+    );
+}
