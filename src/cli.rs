@@ -81,6 +81,55 @@ pub enum Command {
     /// Exit 0 when every check passes, 1 when one fails (named, with by how
     /// much), 2 on a usage or input error.
     Verify(VerifyArgs),
+    /// Build every device variant of a build recipe: (distill), fit, quantize, package, verify
+    ///
+    /// Targets whose inputs (source model, recipe, target profile, tool
+    /// version) match the artifact already in the dist folder are skipped.
+    /// Writes DIST/index.json for `select`.
+    Build(BuildArgs),
+    /// Pick the best variant in a dist index for a device
+    Select(SelectArgs),
+}
+
+/// `edgeforge build RECIPE`
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// A build recipe (a TOML with a [build] table; docs/recipes.md)
+    pub recipe: PathBuf,
+    /// Targets to build, comma-separated (default: the recipe's, else every known target)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "T,T",
+        conflicts_with = "all_targets"
+    )]
+    pub targets: Vec<String>,
+    /// Every known target
+    #[arg(long)]
+    pub all_targets: bool,
+    /// Targets built at once
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub jobs: usize,
+    /// The dist folder
+    #[arg(long, value_name = "DIR", default_value = "dist")]
+    pub dist: PathBuf,
+}
+
+/// `edgeforge select --index dist/index.json --ram-mb N`
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// The index `build` wrote
+    #[arg(long, value_name = "FILE", default_value = "dist/index.json")]
+    pub index: PathBuf,
+    /// Memory the device can give the model, in MiB
+    #[arg(long, value_name = "MB")]
+    pub ram_mb: u64,
+    /// Only variants for devices with this accelerator kind (npu, tpu, gpu, dsp)
+    #[arg(long, value_name = "KIND")]
+    pub accelerator: Option<String>,
+    /// Only this format (gguf, safetensors)
+    #[arg(long, value_name = "F")]
+    pub format: Option<String>,
 }
 
 /// `edgeforge package MODEL`

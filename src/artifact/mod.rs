@@ -5,6 +5,7 @@
 //! integrity, fit and accuracy.
 
 pub mod accuracy;
+pub mod build;
 pub mod manifest;
 pub mod verify;
 
@@ -228,46 +229,30 @@ fn quantization_of(model: &Model) -> Quantization {
     let mut plan = BTreeMap::new();
     let (mut parameters, mut bytes) = (0u64, 0u64);
     for t in &model.tensors {
-        if t.role == TensorRole::Buffer || t.name.ends_with(".scale") || t.name.ends_with(".zero") {
+        let side = t.name.ends_with(".scale") || t.name.ends_with(".zero");
+        // Integer tensors are index buffers unless a scheme says they are quantized weights.
+        let buffer = t.role == TensorRole::Buffer && !schemes.contains_key(&t.name);
+        if side {
+            // Scales and zero points are part of what the weights cost.
+            bytes += t.n_bytes;
+        }
+        if side || buffer {
             continue;
         }
         let ty = schemes
             .get(&t.name)
             .cloned()
             .unwrap_or_else(|| t.dtype.name());
+        // Packed int4 stores two values per element.
+        parameters += if ty.starts_with("int4") {
+            2 * t.n_elems
+        } else {
+            t.n_elems
+        };
         *tensor_types.entry(ty.clone()).or_insert(0) += 1;
         plan.insert(t.name.clone(), ty);
         bytes += t.n_bytes;
-        parameters += t.n_elems;
     }
-    // Side tensors (scales, zero points) are part of what the weights cost.
-    bytes += model
-        .tensors
-        .iter()
-        .filter(|t| t.name.ends_with(".scale") || t.name.ends_with(".zero"))
-        .map(|t| t.n_bytes)
-        .sum::<u64>();
-    let parameters = if schemes.values().any(|s| s.starts_with("int4")) {
-        // Packed int4 stores two values per element.
-        model
-            .tensors
-            .iter()
-            .filter(|t| {
-                t.role != TensorRole::Buffer
-                    && !t.name.ends_with(".scale")
-                    && !t.name.ends_with(".zero")
-            })
-            .map(|t| {
-                if schemes.get(&t.name).is_some_and(|s| s.starts_with("int4")) {
-                    2 * t.n_elems
-                } else {
-                    t.n_elems
-                }
-            })
-            .sum()
-    } else {
-        parameters
-    };
     Quantization {
         format: format_name(model).into(),
         parameters,

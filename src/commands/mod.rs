@@ -1,6 +1,7 @@
 //! One file per subcommand. Commands resolve settings, call the library and
 //! render human or JSON output; they never parse bytes or do math.
 
+mod build;
 mod distill;
 mod inspect;
 mod package;
@@ -9,6 +10,7 @@ mod quantize;
 mod run;
 mod targets;
 
+pub use build::{build, select};
 pub use distill::distill;
 pub use inspect::inspect;
 pub use package::{package, verify};
@@ -36,5 +38,7 @@ pub fn dispatch(
         Command::Distill(args) => distill(&args, printer),
         Command::Package(args) => package(&args, global, printer),
         Command::Verify(args) => verify(&args, global, printer),
+        Command::Build(args) => build(&args, global, printer),
+        Command::Select(args) => select(&args, printer),
     }
 }

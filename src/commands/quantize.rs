@@ -106,7 +106,7 @@ pub fn quantize(
         }
         plan
     } else if let Some(t) = target.as_ref().filter(|_| args.fit.is_some()) {
-        match fit(&model, &constraints, &footprint_of)? {
+        match plan::fit(&model, &constraints, &footprint_of).map_err(anyhow::Error::msg)? {
             Ok(plan) => plan,
             Err((plan, miss)) => {
                 let msg = format!(
@@ -223,45 +223,6 @@ fn resolve_context(
         Some(max) => context.min(max),
         None => context,
     })
-}
-
-type FitResult = Result<Plan, (Plan, Footprint)>;
-
-/// The first plan on the quality ladder that fits; else the smallest miss.
-fn fit(
-    model: &Model,
-    c: &Constraints,
-    footprint_of: &dyn Fn(&Plan) -> Option<Footprint>,
-) -> anyhow::Result<FitResult> {
-    let mut smallest: Option<(Plan, Footprint)> = None;
-    for preset in Preset::ladder(c.gguf) {
-        let runs_base = c
-            .allowed
-            .as_ref()
-            .is_none_or(|a| a.contains(&preset.base()));
-        if !runs_base {
-            continue;
-        }
-        let Ok(plan) = plan::plan(&model.tensors, preset, c) else {
-            continue;
-        };
-        let Some(fp) = footprint_of(&plan) else {
-            return Ok(Ok(plan));
-        };
-        if fp.fits() {
-            return Ok(Ok(plan));
-        }
-        if smallest
-            .as_ref()
-            .is_none_or(|(_, s)| fp.total_bytes < s.total_bytes)
-        {
-            smallest = Some((plan, fp));
-        }
-    }
-    smallest
-        .map(Err)
-        .ok_or_else(|| anyhow::anyhow!("No scheme the target runs can encode this model"))
-        .map(Ok)?
 }
 
 fn render(r: &Report<'_>, plan: &Plan) -> String {

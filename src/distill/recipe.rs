@@ -234,7 +234,7 @@ impl LoadedRecipe {
 }
 
 /// Expands `${NAME}` and `$NAME`; the two data folders have defaults.
-fn expand_vars(text: &str) -> Result<String, String> {
+pub fn expand_vars(text: &str) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(at) = rest.find('$') {

@@ -55,7 +55,7 @@ pub fn student_config(
             if c.hidden_size == 0 || c.num_attention_heads == 0 || c.intermediate_size == 0 {
                 return bad("student: hidden, heads and ffn must be at least 1".into());
             }
-            if c.hidden_size % c.num_attention_heads != 0 {
+            if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
                 return bad(format!(
                     "student: hidden {} is not a multiple of heads {}",
                     c.hidden_size, c.num_attention_heads

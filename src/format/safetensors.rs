@@ -354,7 +354,7 @@ impl SafetensorsStream {
             expected.push((spec.name.clone(), n_bytes));
         }
         let mut json = serde_json::to_vec(&header).expect("JSON map serializes");
-        while json.len() % 8 != 0 {
+        while !json.len().is_multiple_of(8) {
             json.push(b' ');
         }
         let mut file = AtomicFile::create(path, overwrite)

@@ -84,7 +84,7 @@ impl Matrix {
         cols: usize,
     ) -> Result<Self, QuantError> {
         let storage = match BlockKind::of(ty) {
-            Some(kind) if cols % QK == 0 => {
+            Some(kind) if cols.is_multiple_of(QK) => {
                 let want = ty.bytes_for((rows * cols) as u64).unwrap_or(u64::MAX);
                 if bytes.len() as u64 != want {
                     return Err(QuantError::ByteCount {

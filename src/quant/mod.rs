@@ -72,7 +72,7 @@ pub fn block_elems(scheme: Scheme) -> usize {
 
 /// Whether rows of `row_len` encode whole blocks.
 pub fn supports_row(scheme: Scheme, row_len: u64) -> bool {
-    row_len > 0 && row_len % block_elems(scheme) as u64 == 0
+    row_len > 0 && row_len.is_multiple_of(block_elems(scheme) as u64)
 }
 
 /// Exact encoded bytes of a tensor, including scale and zero-point tensors;
@@ -126,7 +126,7 @@ fn rows_per_task(row_len: usize) -> usize {
 
 /// Encodes a row-major tensor whose rows have `row_len` elements.
 pub fn quantize(scheme: Scheme, src: &[f32], row_len: usize) -> Result<Encoded, QuantError> {
-    if !supports_row(scheme, row_len as u64) || src.len() % row_len != 0 {
+    if !supports_row(scheme, row_len as u64) || !src.len().is_multiple_of(row_len) {
         return Err(QuantError::RowNotBlockMultiple {
             scheme: scheme.name(),
             row_len,

@@ -19,7 +19,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::model::{Tensor, TensorRole};
+use crate::memory::Footprint;
+use crate::model::{Model, Tensor, TensorRole};
 use crate::quant::{self, Scheme};
 
 /// Why a tensor got a scheme other than the preset's base.
@@ -281,6 +282,45 @@ pub fn plan(tensors: &[Tensor], preset: Preset, constraints: &Constraints) -> Re
         preset: preset.name(),
         tensors: planned,
     })
+}
+
+/// A plan that fits, or the smallest plan with how far it misses.
+pub type FitResult = Result<Plan, (Plan, Footprint)>;
+
+/// The first plan on the quality ladder that fits; else the smallest miss.
+pub fn fit(
+    model: &Model,
+    c: &Constraints,
+    footprint_of: &dyn Fn(&Plan) -> Option<Footprint>,
+) -> Result<FitResult, String> {
+    let mut smallest: Option<(Plan, Footprint)> = None;
+    for preset in Preset::ladder(c.gguf) {
+        let runs_base = c
+            .allowed
+            .as_ref()
+            .is_none_or(|a| a.contains(&preset.base()));
+        if !runs_base {
+            continue;
+        }
+        let Ok(plan) = plan(&model.tensors, preset, c) else {
+            continue;
+        };
+        let Some(fp) = footprint_of(&plan) else {
+            return Ok(Ok(plan));
+        };
+        if fp.fits() {
+            return Ok(Ok(plan));
+        }
+        if smallest
+            .as_ref()
+            .is_none_or(|(_, s)| fp.total_bytes < s.total_bytes)
+        {
+            smallest = Some((plan, fp));
+        }
+    }
+    smallest
+        .map(Err)
+        .ok_or_else(|| "No scheme the target runs can encode this model".to_string())
 }
 
 /// Whether a tensor is a weight matrix that quantization applies to.

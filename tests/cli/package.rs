@@ -278,3 +278,90 @@ fn verify_fails_an_artifact_that_breaks_its_targets_budget() {
         "{stdout}"
     );
 }
+
+#[test]
+fn build_makes_every_variant_skips_unchanged_ones_and_select_picks_by_ram() {
+    let d = Dist::new();
+    let recipe = d.path("release.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[build]\nname = \"minilm\"\nversion = \"2.0.0\"\nmodel = \"{}\"\nformat = \"safetensors\"\ntargets = [\"rpi5-8gb\", \"coral-dev-board\", \"esp32-s3-8mb\"]\n",
+            minilm().display()
+        ),
+    )
+    .unwrap();
+    let dist = d.path("dist");
+    let build = |jobs: &str| {
+        edgeforge()
+            .args(["--json", "build"])
+            .arg(&recipe)
+            .args(["--jobs", jobs, "--dist"])
+            .arg(&dist)
+            .output()
+            .unwrap()
+    };
+    let first = build("2");
+    // The ESP32-S3 cannot hold MiniLM at any scheme it runs: the build says so and exits 1.
+    assert_eq!(
+        first.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let v: Value = serde_json::from_slice(&first.stdout).unwrap();
+    let status = |v: &Value, t: &str| {
+        v["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["target"] == t)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(status(&v, "rpi5-8gb"), "built");
+    assert_eq!(status(&v, "coral-dev-board"), "built");
+    assert_eq!(status(&v, "esp32-s3-8mb"), "failed");
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dist.join("index.json")).unwrap()).unwrap();
+    let variants = index["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2);
+    for variant in variants {
+        let art = dist.join(variant["artifact"].as_str().unwrap());
+        edgeforge().arg("verify").arg(&art).assert().success();
+    }
+    let coral = variants
+        .iter()
+        .find(|v| v["target"] == "coral-dev-board")
+        .unwrap();
+    assert!(
+        coral["bits_per_weight"].as_f64().unwrap() < 9.0,
+        "coral runs int8: {coral}"
+    );
+
+    // Nothing changed: every built target is skipped and the artifacts keep their ids.
+    let second: Value = serde_json::from_slice(&build("1").stdout).unwrap();
+    assert_eq!(status(&second, "rpi5-8gb"), "skipped");
+    assert_eq!(second["index"], index);
+
+    // select: the most bits that fit the device's RAM; the TPU asks for coral's variant.
+    let pick = |args: &[&str]| {
+        let out = edgeforge()
+            .args(["--json", "select", "--index"])
+            .arg(dist.join("index.json"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null),
+        )
+    };
+    let (code, big) = pick(&["--ram-mb", "4000"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(big["selected"]["target"], "rpi5-8gb");
+    let (_, tpu) = pick(&["--ram-mb", "4000", "--accelerator", "tpu"]);
+    assert_eq!(tpu["selected"]["target"], "coral-dev-board");
+    let (code, _) = pick(&["--ram-mb", "8"]);
+    assert_eq!(code, Some(1));
+}

@@ -561,7 +561,7 @@ mod tests {
         b.extend_from_slice(&type_id::U32.to_le_bytes());
         b.extend_from_slice(&7u32.to_le_bytes());
         tensor(&mut b, "w", &[2], 0, 0);
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         b.extend_from_slice(&1f32.to_le_bytes());

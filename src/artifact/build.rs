@@ -1,0 +1,452 @@
+//! `build`: one build recipe in, one verified artifact per target out.
+//! For every target: (distill) → plan with fit → quantize → package →
+//! verify; a target whose inputs match the artifact already in `dist/` is
+//! skipped. `dist/index.json` lists every variant for `select`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::verify::{self, read_manifest};
+use super::{hash_file, package, ArtifactError, PackageInput};
+use crate::format::atomic::Overwrite;
+use crate::model::{Architecture, Model};
+use crate::quant::apply::{self, OutputFormat};
+use crate::quant::plan::{self, Constraints};
+use crate::target::{self, Target};
+
+/// `[build]` of a build recipe (docs/recipes.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSpec {
+    pub name: String,
+    pub version: String,
+    /// The source model; or `distill`, a distill recipe whose student is built.
+    pub model: Option<String>,
+    pub distill: Option<String>,
+    /// `gguf` (default) or `safetensors`.
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// Targets to build (default: every known target).
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// Eval texts for the accuracy gate, one per line (default: built-in).
+    pub eval: Option<String>,
+}
+
+fn default_format() -> String {
+    "gguf".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildFile {
+    build: BuildSpec,
+}
+
+/// One row of `dist/index.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Variant {
+    pub target: String,
+    pub class: String,
+    pub artifact: String,
+    pub id: String,
+    pub format: String,
+    pub size_bytes: u64,
+    /// Weights + KV cache + activations + runtime overhead at the target's context.
+    pub peak_ram_bytes: u64,
+    pub bits_per_weight: f64,
+    pub accelerators: Vec<String>,
+    /// Cosine drop (encoders) or perplexity increase in % (decoders) against the source.
+    pub accuracy_delta: Option<f64>,
+    pub verified: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Index {
+    pub name: String,
+    pub version: String,
+    pub variants: Vec<Variant>,
+}
+
+/// What happened to one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub target: String,
+    /// `built`, `skipped` (inputs unchanged), `failed`.
+    pub status: &'static str,
+    pub detail: String,
+}
+
+/// Resolves a build recipe's `[build]` table and the source model path.
+pub fn load_spec(path: &Path) -> Result<(BuildSpec, Vec<u8>), ArtifactError> {
+    let bytes = fs_err::read(path).map_err(|e| ArtifactError::at(path, e.to_string()))?;
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| ArtifactError::at(path, "not UTF-8 text"))?;
+    let file: BuildFile = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map_or(1, |s| text[..s.start].matches('\n').count() + 1);
+        ArtifactError::at(path, format!("line {line}: {}", e.message()))
+    })?;
+    let spec = file.build;
+    if spec.model.is_some() == spec.distill.is_some() {
+        return Err(ArtifactError::at(
+            path,
+            "[build] needs exactly one of `model` and `distill`",
+        ));
+    }
+    if spec.format != "gguf" && spec.format != "safetensors" {
+        return Err(ArtifactError::at(
+            path,
+            format!("build.format `{}`: use gguf or safetensors", spec.format),
+        ));
+    }
+    Ok((spec, bytes))
+}
+
+/// Everything `build` needs besides the recipe.
+pub struct BuildOptions<'a> {
+    pub recipe: &'a Path,
+    pub targets: Vec<String>,
+    pub dist: &'a Path,
+    pub jobs: usize,
+    pub targets_dir: Option<&'a Path>,
+    /// Resolves `distill = ...` to the student's model folder (runs or reuses the distillation).
+    pub distill: &'a (dyn Fn(&Path, &Path) -> Result<PathBuf, String> + Sync),
+    pub on_done: &'a (dyn Fn(&Outcome) + Sync),
+}
+
+/// Builds every target; returns each outcome and the index written.
+pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
+    let (spec, _) = load_spec(o.recipe)?;
+    let dir = o.recipe.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &str| -> Result<PathBuf, ArtifactError> {
+        let expanded =
+            crate::distill::recipe::expand_vars(p).map_err(|m| ArtifactError::at(o.recipe, m))?;
+        Ok(dir.join(expanded))
+    };
+    fs_err::create_dir_all(o.dist).map_err(|e| ArtifactError::at(o.dist, e.to_string()))?;
+    let _lock = lock(o.dist)?;
+    let source = match (&spec.model, &spec.distill) {
+        (Some(m), _) => resolve(m)?,
+        (_, Some(d)) => {
+            let work = o.dist.join(".build").join(&spec.name).join("distill");
+            let recipe = resolve(d)?;
+            (o.distill)(&recipe, &work).map_err(|m| ArtifactError::at(&recipe, m))?
+        }
+        _ => unreachable!("checked in load_spec"),
+    };
+    let eval: Vec<String> = match &spec.eval {
+        Some(e) => {
+            let path = resolve(e)?;
+            let text = fs_err::read_to_string(&path)
+                .map_err(|e| ArtifactError::at(&path, e.to_string()))?;
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect()
+        }
+        None => super::accuracy::DEFAULT_EVAL
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let names = if !o.targets.is_empty() {
+        o.targets.clone()
+    } else if !spec.targets.is_empty() {
+        spec.targets.clone()
+    } else {
+        target::load_all(o.targets_dir)
+            .map_err(|e| ArtifactError::at(o.recipe, e.to_string()))?
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect()
+    };
+    let targets: Vec<Target> = names
+        .iter()
+        .map(|n| {
+            target::load(n, o.targets_dir).map_err(|e| ArtifactError::at(o.recipe, e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let source_files = Model::open(&source)?.files;
+    let source_hashes: Vec<String> = source_files
+        .iter()
+        .map(|f| hash_file(f).map(|h| h.1))
+        .collect::<Result<_, _>>()?;
+
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let outcomes = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..o.jobs.max(1).min(targets.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(t) = targets.get(i) else { break };
+                let outcome = build_one(o, &spec, &source, &source_hashes, &eval, t)
+                    .unwrap_or_else(|e| Outcome {
+                        target: t.name().into(),
+                        status: "failed",
+                        detail: e.to_string(),
+                    });
+                failed.fetch_or(outcome.status == "failed", Ordering::SeqCst);
+                (o.on_done)(&outcome);
+                outcomes
+                    .lock()
+                    .expect("no panics while holding")
+                    .push((i, outcome));
+            });
+        }
+    });
+    let mut outcomes = outcomes.into_inner().expect("threads joined");
+    outcomes.sort_by_key(|(i, _)| *i);
+    let outcomes: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
+    let index = write_index(o.dist, &spec, o.targets_dir)?;
+    Ok((outcomes, index))
+}
+
+fn build_one(
+    o: &BuildOptions,
+    spec: &BuildSpec,
+    source: &Path,
+    source_hashes: &[String],
+    eval: &[String],
+    target: &Target,
+) -> Result<Outcome, ArtifactError> {
+    let dir = o
+        .dist
+        .join(&spec.name)
+        .join(&spec.version)
+        .join(target.name());
+    let recipe_sha = hex::encode(Sha256::digest(
+        fs_err::read(o.recipe).map_err(|e| ArtifactError::at(o.recipe, e.to_string()))?,
+    ));
+    if let Ok((m, id)) = read_manifest(&dir) {
+        let same_inputs = m.target.sha256 == target.sha256
+            && m.tool.version == env!("CARGO_PKG_VERSION")
+            && m.recipe.as_ref().is_some_and(|r| r.sha256 == recipe_sha)
+            && m.source
+                .files
+                .iter()
+                .map(|f| &f.sha256)
+                .eq(source_hashes.iter());
+        if same_inputs && verify::integrity(&dir, &m).iter().all(|c| c.passed) {
+            return Ok(Outcome {
+                target: target.name().into(),
+                status: "skipped",
+                detail: format!("inputs unchanged: artifact {id}"),
+            });
+        }
+    }
+    let model = Model::open(source)?;
+    let gguf = spec.format == "gguf";
+    let constraints = Constraints {
+        allowed: Some(target.allowed_schemes()),
+        gguf,
+        tied_output: matches!(model.architecture, Architecture::Llama(_))
+            && !model
+                .tensors
+                .iter()
+                .any(|t| t.name == "output.weight" || t.name == "lm_head.weight"),
+    };
+    let footprint_of = |p: &plan::Plan| Some(super::footprint_on(&model, target, p.total_bytes()));
+    let plan = match plan::fit(&model, &constraints, &footprint_of)
+        .map_err(|m| ArtifactError::at(source, m))?
+    {
+        Ok(plan) => plan,
+        Err((plan, miss)) => {
+            return Ok(Outcome {
+                target: target.name().into(),
+                status: "failed",
+                detail: format!(
+                    "nothing fits: the smallest plan ({}) misses the budget by {:.1} MB",
+                    plan.preset,
+                    miss.shortfall_mib()
+                ),
+            })
+        }
+    };
+    // Safetensors variants are model folders: the weights plus the source's
+    // config and tokenizer, so the engine (and any HF loader) can run them.
+    let work = o.dist.join(".build").join(&spec.name).join(target.name());
+    let _ = fs_err::remove_dir_all(&work);
+    fs_err::create_dir_all(&work).map_err(|e| ArtifactError::at(&work, e.to_string()))?;
+    let file = if gguf {
+        work.join(format!("{}.{}.gguf", spec.name, target.name()))
+    } else {
+        for sidecar in model
+            .files
+            .iter()
+            .filter(|f| !f.to_string_lossy().contains(".safetensors"))
+        {
+            let to = work.join(sidecar.file_name().expect("model files have names"));
+            fs_err::copy(sidecar, &to).map_err(|e| ArtifactError::at(&to, e.to_string()))?;
+        }
+        work.join("model.safetensors")
+    };
+    let bar = indicatif::ProgressBar::hidden();
+    apply::write(
+        &model,
+        &plan,
+        &apply::Output {
+            path: &file,
+            format: if gguf {
+                OutputFormat::Gguf
+            } else {
+                OutputFormat::Safetensors
+            },
+            overwrite: Overwrite::Allow,
+            name: &spec.name,
+            progress: &bar,
+        },
+    )
+    .map_err(|m| ArtifactError::at(&file, m))?;
+    let payload = if gguf { file.clone() } else { work.clone() };
+    let packaged = package(&PackageInput {
+        model: &payload,
+        reference: Some(source),
+        target,
+        name: &spec.name,
+        version: &spec.version,
+        recipe: Some(o.recipe),
+        eval: eval.to_vec(),
+        out: o.dist,
+        force: true,
+    })?;
+    let _ = fs_err::remove_dir_all(&work);
+    let v = verify::verify(&packaged.dir, None, eval, o.targets_dir)?;
+    let failed: Vec<String> = v
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{} {}: {}", c.kind, c.name, c.detail))
+        .collect();
+    Ok(Outcome {
+        target: target.name().into(),
+        status: if failed.is_empty() { "built" } else { "failed" },
+        detail: if failed.is_empty() {
+            format!(
+                "{} ({}), artifact {}",
+                plan.preset,
+                crate::units::human_bytes(packaged.manifest.metrics.size_bytes),
+                packaged.id
+            )
+        } else {
+            format!("verify failed: {}", failed.join("; "))
+        },
+    })
+}
+
+/// Writes `dist/index.json` from every artifact of this name and version.
+fn write_index(
+    dist: &Path,
+    spec: &BuildSpec,
+    targets_dir: Option<&Path>,
+) -> Result<Index, ArtifactError> {
+    let root = dist.join(&spec.name).join(&spec.version);
+    let mut variants = Vec::new();
+    let mut dirs: Vec<PathBuf> = fs_err::read_dir(&root)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_dir()
+                        && !p
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    for dir in dirs {
+        let Ok((m, id)) = read_manifest(&dir) else {
+            continue;
+        };
+        let target = target::load(&m.target.name, targets_dir).ok();
+        let acc = m.metrics.accuracy.as_ref();
+        variants.push(Variant {
+            target: m.target.name.clone(),
+            class: m.target.class.clone(),
+            artifact: dir
+                .strip_prefix(dist)
+                .unwrap_or(&dir)
+                .to_string_lossy()
+                .into_owned(),
+            id,
+            format: m.quantization.format.clone(),
+            size_bytes: m.metrics.size_bytes,
+            peak_ram_bytes: m.metrics.total_bytes,
+            bits_per_weight: m.quantization.bits_per_weight,
+            accelerators: target
+                .map(|t| t.spec.accelerators.iter().map(|a| a.kind.clone()).collect())
+                .unwrap_or_default(),
+            accuracy_delta: acc.and_then(|a| a.cosine_drop.or(a.perplexity_increase_pct)),
+            verified: verify::integrity(&dir, &m).iter().all(|c| c.passed),
+        });
+    }
+    let index = Index {
+        name: spec.name.clone(),
+        version: spec.version.clone(),
+        variants,
+    };
+    let mut json = serde_json::to_string_pretty(&index).expect("index serializes");
+    json.push('\n');
+    let path = dist.join("index.json");
+    let mut file = crate::format::atomic::AtomicFile::create(&path, Overwrite::Allow)
+        .map_err(|e| ArtifactError::at(&path, e.to_string()))?;
+    std::io::Write::write_all(&mut file, json.as_bytes())
+        .map_err(|e| ArtifactError::at(&path, e.to_string()))?;
+    file.commit()
+        .map_err(|e| ArtifactError::at(&path, e.to_string()))?;
+    Ok(index)
+}
+
+/// An exclusive lock on `dist/.lock` for the build: a second build into the
+/// same folder waits instead of interleaving writes.
+fn lock(dist: &Path) -> Result<std::fs::File, ArtifactError> {
+    let path = dist.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ArtifactError::at(&path, e.to_string()))?;
+    file.lock()
+        .map_err(|e| ArtifactError::at(&path, format!("cannot lock: {e}")))?;
+    Ok(file)
+}
+
+/// What a device asks for.
+pub struct Want<'a> {
+    pub ram_mb: u64,
+    pub accelerator: Option<&'a str>,
+    pub format: Option<&'a str>,
+}
+
+/// The best variant for a device: verified, within its RAM, with the
+/// accelerator and format asked for; best = most bits per weight (quality),
+/// then the smaller file.
+pub fn select<'a>(index: &'a Index, want: &Want) -> Option<&'a Variant> {
+    let ram = want.ram_mb << 20;
+    index
+        .variants
+        .iter()
+        .filter(|v| v.verified && v.peak_ram_bytes <= ram)
+        .filter(|v| want.format.is_none_or(|f| v.format == f))
+        .filter(|v| {
+            want.accelerator
+                .is_none_or(|a| v.accelerators.iter().any(|k| k == a))
+        })
+        .max_by(|a, b| {
+            a.bits_per_weight
+                .total_cmp(&b.bits_per_weight)
+                .then(b.size_bytes.cmp(&a.size_bytes))
+                .then(b.target.cmp(&a.target))
+        })
+}
