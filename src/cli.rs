@@ -161,6 +161,9 @@ pub struct PackageArgs {
     /// Replace an existing artifact with different contents
     #[arg(long)]
     pub force: bool,
+    /// Also write the artifact as one deterministic tar beside its folder
+    #[arg(long)]
+    pub tar: bool,
 }
 
 /// `edgeforge verify ARTIFACT`

@@ -131,6 +131,7 @@ pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
     };
     fs_err::create_dir_all(o.dist).map_err(|e| ArtifactError::at(o.dist, e.to_string()))?;
     let _lock = lock(o.dist)?;
+    remove_leftovers(&o.dist.join(&spec.name).join(&spec.version));
     let source = match (&spec.model, &spec.distill) {
         (Some(m), _) => resolve(m)?,
         (_, Some(d)) => {
@@ -449,4 +450,17 @@ pub fn select<'a>(index: &'a Index, want: &Want) -> Option<&'a Variant> {
                 .then(b.size_bytes.cmp(&a.size_bytes))
                 .then(b.target.cmp(&a.target))
         })
+}
+
+/// Temp folders a killed build left beside the artifacts (`.<target>.XXXX`);
+/// safe to remove while holding the lock.
+fn remove_leftovers(version_dir: &Path) {
+    let Ok(entries) = fs_err::read_dir(version_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with('.') && entry.path().is_dir() {
+            let _ = fs_err::remove_dir_all(entry.path());
+        }
+    }
 }

@@ -57,11 +57,17 @@ pub fn package(
     .context("Cannot package")?;
     spinner.finish_and_clear();
     let m = &packaged.manifest;
+    let tar = if args.tar {
+        Some(artifact::write_tar(&packaged.dir, m).context("Cannot package")?)
+    } else {
+        None
+    };
     if printer.json {
         printer.json_out(&serde_json::json!({
             "artifact": packaged.dir,
             "id": packaged.id,
             "unchanged": packaged.unchanged,
+            "tar": tar,
             "manifest": m,
         }))?;
         return Ok(ExitStatus::Success);
@@ -94,6 +100,9 @@ pub fn package(
                 a.eval_texts
             ));
         }
+    }
+    if let Some(t) = &tar {
+        out.push_str(&format!("tar         {}\n", t.display()));
     }
     printer.out(&sanitize_lines(&out))?;
     Ok(ExitStatus::Success)

@@ -365,3 +365,107 @@ fn build_makes_every_variant_skips_unchanged_ones_and_select_picks_by_ram() {
     let (code, _) = pick(&["--ram-mb", "8"]);
     assert_eq!(code, Some(1));
 }
+
+#[test]
+fn tar_is_deterministic_and_unpacks_to_a_verifiable_artifact() {
+    let d = Dist::new();
+    let model = d.quantized("Q4_0");
+    let tar = |out: &str| {
+        let v = json_success(
+            edgeforge()
+                .args(["--json", "package"])
+                .arg(&model)
+                .args([
+                    "--target",
+                    "pixel-8",
+                    "--name",
+                    "minilm",
+                    "--version",
+                    "1.0.0",
+                    "--tar",
+                    "--out",
+                ])
+                .arg(d.path(out)),
+        );
+        PathBuf::from(v["tar"].as_str().unwrap())
+    };
+    let (a, b) = (tar("one"), tar("two"));
+    assert_eq!(a.file_name().unwrap(), "minilm-1.0.0-pixel-8.tar");
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let unpacked = d.path("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout),
+        "pixel-8/manifest.json\npixel-8/minilm.Q4_0.gguf\n"
+    );
+    assert!(std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&a)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap()
+        .success());
+    edgeforge()
+        .arg("verify")
+        .arg(unpacked.join("pixel-8"))
+        .assert()
+        .success();
+}
+
+#[test]
+fn concurrent_and_killed_builds_leave_dist_consistent() {
+    let d = Dist::new();
+    let recipe = d.path("release.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[build]\nname = \"minilm\"\nversion = \"1.0.0\"\nmodel = \"{}\"\ntargets = [\"rpi5-8gb\"]\n",
+            minilm().display()
+        ),
+    )
+    .unwrap();
+    let dist = d.path("dist");
+    let start = || {
+        edgeforge()
+            .args(["--json", "build"])
+            .arg(&recipe)
+            .arg("--dist")
+            .arg(&dist)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Killed part-way: no artifact half-written, and the next build completes.
+    let mut doomed = start();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let art = dist.join("minilm/1.0.0/rpi5-8gb");
+    if art.exists() {
+        edgeforge().arg("verify").arg(&art).assert().success();
+    }
+    // Two builds at once: the lock serialises them; one builds, the other finds it unchanged.
+    let (a, b) = (start(), start());
+    let statuses: Vec<String> = [a, b]
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success());
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["outcomes"][0]["status"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(statuses.contains(&"skipped".to_string()), "{statuses:?}");
+    edgeforge().arg("verify").arg(&art).assert().success();
+    let leftovers: Vec<_> = std::fs::read_dir(dist.join("minilm/1.0.0"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftovers, ["rpi5-8gb"]);
+}
