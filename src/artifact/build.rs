@@ -432,7 +432,7 @@ pub struct Want<'a> {
 
 /// The best variant for a device: verified, within its RAM, with the
 /// accelerator and format asked for; best = most bits per weight (quality),
-/// then the smaller file.
+/// then the smaller file, then the most headroom (least peak RAM).
 pub fn select<'a>(index: &'a Index, want: &Want) -> Option<&'a Variant> {
     let ram = want.ram_mb << 20;
     index
@@ -448,6 +448,7 @@ pub fn select<'a>(index: &'a Index, want: &Want) -> Option<&'a Variant> {
             a.bits_per_weight
                 .total_cmp(&b.bits_per_weight)
                 .then(b.size_bytes.cmp(&a.size_bytes))
+                .then(b.peak_ram_bytes.cmp(&a.peak_ram_bytes))
                 .then(b.target.cmp(&a.target))
         })
 }
