@@ -469,3 +469,63 @@ fn concurrent_and_killed_builds_leave_dist_consistent() {
         .collect();
     assert_eq!(leftovers, ["rpi5-8gb"]);
 }
+
+#[test]
+fn build_distills_first_when_the_recipe_asks_and_reuses_the_student() {
+    let d = Dist::new();
+    let corpus = fortunes();
+    for (name, n) in [("train.txt", 40), ("eval.txt", 16)] {
+        let text = std::fs::read_to_string(corpus.join(name)).unwrap();
+        std::fs::write(
+            d.path(name),
+            text.lines().take(n).collect::<Vec<_>>().join("\n"),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        d.path("small.toml"),
+        format!(
+            "[teacher]\nmodel = \"{}\"\n[student]\nlayers = [0, 5]\n[data]\ntrain = \"train.txt\"\neval = \"eval.txt\"\nmax_length = 32\n[train]\nlr = 5e-4\nbatch_size = 8\nsteps = 3\n",
+            minilm().display()
+        ),
+    )
+    .unwrap();
+    let recipe = d.path("release.toml");
+    std::fs::write(
+        &recipe,
+        "[build]\nname = \"minilm-l2\"\nversion = \"0.1.0\"\ndistill = \"small.toml\"\ntargets = [\"rpi5-8gb\"]\n",
+    )
+    .unwrap();
+    let build = || {
+        json_success(
+            edgeforge()
+                .env("EDGEFORGE_CACHE", d.path("cache"))
+                .args(["--json", "build"])
+                .arg(&recipe)
+                .arg("--dist")
+                .arg(d.path("dist")),
+        )
+    };
+    let first = build();
+    assert_eq!(first["outcomes"][0]["status"], "built");
+    let art = d.path("dist/minilm-l2/0.1.0/rpi5-8gb");
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(art.join("manifest.json")).unwrap()).unwrap();
+    // The source is the 2-layer student, not the teacher.
+    let student = d.path("dist/.build/minilm-l2/distill/model/model.safetensors");
+    let sha = python()
+        .args([
+            "-c",
+            "import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())",
+        ])
+        .arg(&student)
+        .output()
+        .unwrap();
+    let sha = String::from_utf8_lossy(&sha.stdout).trim().to_string();
+    assert!(m["source"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["sha256"] == sha.as_str()));
+    assert_eq!(build()["outcomes"][0]["status"], "skipped");
+}
