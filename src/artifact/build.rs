@@ -399,11 +399,7 @@ fn write_index(
     let mut json = serde_json::to_string_pretty(&index).expect("index serializes");
     json.push('\n');
     let path = dist.join("index.json");
-    let mut file = crate::format::atomic::AtomicFile::create(&path, Overwrite::Allow)
-        .map_err(|e| ArtifactError::at(&path, e.to_string()))?;
-    std::io::Write::write_all(&mut file, json.as_bytes())
-        .map_err(|e| ArtifactError::at(&path, e.to_string()))?;
-    file.commit()
+    crate::format::atomic::write_atomic(&path, json.as_bytes(), Overwrite::Allow)
         .map_err(|e| ArtifactError::at(&path, e.to_string()))?;
     Ok(index)
 }

@@ -21,7 +21,7 @@ fn distilled(recipe: &Path, work: &Path) -> Result<PathBuf, String> {
         until_step: None,
         interrupt: &never,
     };
-    let sha = sha256_of(recipe)?;
+    let (_, sha) = crate::artifact::hash_file(recipe).map_err(|e| e.to_string())?;
     let metrics = std::fs::read(work.join("metrics.json")).ok();
     let reusable = metrics
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
@@ -30,12 +30,6 @@ fn distilled(recipe: &Path, work: &Path) -> Result<PathBuf, String> {
         distill::run(recipe, &options, &mut |_| {}).map_err(|e| e.to_string())?;
     }
     Ok(work.join("model"))
-}
-
-fn sha256_of(path: &Path) -> Result<String, String> {
-    use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(hex::encode(Sha256::digest(bytes)))
 }
 
 /// `edgeforge build RECIPE`.

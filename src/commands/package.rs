@@ -6,7 +6,7 @@ use crate::artifact::verify::{self as check, Verification};
 use crate::artifact::{self, accuracy, PackageInput};
 use crate::cli::{GlobalArgs, PackageArgs, VerifyArgs};
 use crate::exit::ExitStatus;
-use crate::format::atomic::{AtomicFile, Overwrite};
+use crate::format::atomic::{write_atomic, Overwrite};
 use crate::printer::{sanitize, Printer};
 use crate::target;
 use crate::units::human_bytes;
@@ -123,10 +123,7 @@ pub fn verify(
     )
     .context("Cannot verify")?;
     if let Some(path) = &args.junit {
-        let mut file = AtomicFile::create(path, Overwrite::Allow)?;
-        std::io::Write::write_all(&mut file, check::junit(&v).as_bytes())
-            .with_context(|| format!("{}: cannot write", path.display()))?;
-        file.commit()?;
+        write_atomic(path, check::junit(&v).as_bytes(), Overwrite::Allow)?;
     }
     if printer.json {
         printer.json_out(&v)?;

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::cli::{GlobalArgs, ProfileArgs};
 use crate::exit::ExitStatus;
-use crate::format::atomic::{AtomicFile, Overwrite};
+use crate::format::atomic::{write_atomic, Overwrite};
 use crate::model::{Model, TensorRole};
 use crate::printer::{sanitize, Printer};
 use crate::profile::accounting::{self, SchemeCost};
@@ -280,10 +280,7 @@ fn write_plot(r: &Report, path: &std::path::Path, force: bool) -> anyhow::Result
     } else {
         Overwrite::Deny
     };
-    let mut file = AtomicFile::create(path, overwrite)?;
-    std::io::Write::write_all(&mut file, svg.as_bytes())
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    file.commit()?;
+    write_atomic(path, svg.as_bytes(), overwrite)?;
     Ok(())
 }
 

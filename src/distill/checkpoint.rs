@@ -17,7 +17,7 @@ use super::student::{load_student, save_safetensors};
 use super::DistillError;
 use crate::engine::weights::Weights;
 use crate::engine::BertEncoder;
-use crate::format::atomic::{AtomicFile, Overwrite};
+use crate::format::atomic::{write_atomic, Overwrite};
 use crate::model::{BertConfig, Model};
 
 /// Progress that must survive a restart for the resumed run to be identical.
@@ -129,11 +129,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, DistillEr
 }
 
 pub(super) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DistillError> {
-    let mut file = AtomicFile::create(path, Overwrite::Allow)
-        .map_err(|e| DistillError::at(path, e.to_string()))?;
-    std::io::Write::write_all(&mut file, bytes)
-        .map_err(|e| DistillError::at(path, e.to_string()))?;
-    file.commit()
+    write_atomic(path, bytes, Overwrite::Allow)
         .map_err(|e| DistillError::at(path, e.to_string()))?;
     Ok(())
 }

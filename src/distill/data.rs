@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::DistillError;
 use crate::engine::{Batch, BertEncoder, TextTokenizer};
-use crate::format::atomic::{AtomicFile, Overwrite};
+use crate::format::atomic::{write_atomic, Overwrite};
 
 /// Token ids of one text file, one example per non-empty line.
 pub struct Examples {
@@ -85,19 +85,17 @@ impl TeacherOutputs {
     }
 }
 
-/// The cache key: the teacher's files, the examples' token ids and the output kind.
-pub fn cache_key(teacher_files: &[PathBuf], examples: &Examples) -> Result<String, DistillError> {
+/// The cache key: the teacher's files (their combined sha256), the
+/// examples' token ids and the output kind.
+pub fn cache_key(teacher_sha256: &str, examples: &Examples) -> String {
     let mut h = Sha256::new();
-    h.update(b"edgeforge-distill-teacher-pooled-v1\n");
-    for file in teacher_files {
-        let bytes = fs_err::read(file).map_err(|e| DistillError::at(file, e.to_string()))?;
-        h.update(Sha256::digest(&bytes));
-    }
+    h.update(b"edgeforge-distill-teacher-pooled-v2\n");
+    h.update(teacher_sha256.as_bytes());
     for row in &examples.ids {
         h.update((row.len() as u32).to_le_bytes());
         h.update(bytemuck::cast_slice::<u32, u8>(row));
     }
-    Ok(hex::encode(h.finalize()))
+    hex::encode(h.finalize())
 }
 
 /// Where teacher outputs live: `$EDGEFORGE_CACHE/teacher`, else the user cache.
@@ -136,19 +134,8 @@ pub fn teacher_outputs(
     let rows = pooled_outputs(teacher, examples, hidden, &mut progress);
     fs_err::create_dir_all(path.parent().expect("cache file has a folder"))
         .map_err(|e| DistillError::at(&path, e.to_string()))?;
-    let write = || -> Result<(), crate::format::atomic::AtomicError> {
-        let mut file = AtomicFile::create(&path, Overwrite::Allow)?;
-        std::io::Write::write_all(&mut file, bytemuck::cast_slice(&rows)).map_err(|source| {
-            crate::format::atomic::AtomicError::Io {
-                path: path.clone(),
-                source,
-            }
-        })?;
-        file.commit()?;
-        Ok(())
-    };
     // A cache that cannot be written only costs time later.
-    if let Err(e) = write() {
+    if let Err(e) = write_atomic(&path, bytemuck::cast_slice(&rows), Overwrite::Allow) {
         tracing::warn!("teacher cache not written: {e}");
     }
     Ok((TeacherOutputs { hidden, rows }, false))

@@ -261,7 +261,7 @@ pub fn run(
     }
     let mut cached = true;
     let mut teacher_for = |examples: &Examples| -> Result<TeacherOutputs, DistillError> {
-        let key = data::cache_key(&teacher_model.files, examples)?;
+        let key = data::cache_key(&p.teacher_sha256, examples);
         on_event(Event::Teacher {
             examples: examples.len(),
         });
@@ -273,7 +273,7 @@ pub fn run(
     };
     let train_targets = teacher_for(&p.train)?;
     let eval_targets = teacher_for(&p.eval)?;
-    let inputs_key = data::cache_key(&teacher_model.files, &p.train)?;
+    let inputs_key = data::cache_key(&p.teacher_sha256, &p.train);
 
     let t = &p.recipe.recipe.train;
     let steps = t
@@ -610,13 +610,14 @@ fn write_model(
 fn files_sha256(files: &[PathBuf]) -> Result<String, DistillError> {
     let mut h = Sha256::new();
     for f in files {
-        let bytes = fs_err::read(f).map_err(|e| DistillError::at(f, e.to_string()))?;
+        let (_, sha) =
+            crate::artifact::hash_file(f).map_err(|e| DistillError::at(f, e.to_string()))?;
         h.update(
             f.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         );
-        h.update(Sha256::digest(&bytes));
+        h.update(sha.as_bytes());
     }
     Ok(hex::encode(h.finalize()))
 }

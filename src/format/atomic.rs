@@ -94,6 +94,20 @@ impl AtomicFile {
     }
 }
 
+/// Writes `bytes` to `target` atomically (temp file, fsync, rename).
+pub fn write_atomic(
+    target: &Path,
+    bytes: &[u8],
+    overwrite: Overwrite,
+) -> Result<PathBuf, AtomicError> {
+    let mut file = AtomicFile::create(target, overwrite)?;
+    file.write_all(bytes).map_err(|source| AtomicError::Io {
+        path: target.to_path_buf(),
+        source,
+    })?;
+    file.commit()
+}
+
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.temp.write(buf)
