@@ -62,6 +62,12 @@ pub struct Variant {
     pub accelerators: Vec<String>,
     /// Cosine drop (encoders) or perplexity increase in % (decoders) against the source.
     pub accuracy_delta: Option<f64>,
+    /// Projected latency of one input (encoders) on the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Projected generation speed (decoders) on the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_tokens_per_second: Option<f64>,
     pub verified: bool,
 }
 
@@ -118,17 +124,21 @@ pub struct BuildOptions<'a> {
     /// Resolves `distill = ...` to the student's model folder (runs or reuses the distillation).
     pub distill: &'a (dyn Fn(&Path, &Path) -> Result<PathBuf, String> + Sync),
     pub on_done: &'a (dyn Fn(&Outcome) + Sync),
+    /// A progress bar for one target (hidden when nobody watches).
+    pub progress: &'a (dyn Fn(&str) -> indicatif::ProgressBar + Sync),
+}
+
+/// A path named in `recipe`, with `${VAR}`s expanded, relative to the recipe's folder.
+fn resolve(recipe: &Path, path: &str) -> Result<PathBuf, ArtifactError> {
+    let expanded =
+        crate::distill::recipe::expand_vars(path).map_err(|m| ArtifactError::at(recipe, m))?;
+    Ok(recipe.parent().unwrap_or(Path::new(".")).join(expanded))
 }
 
 /// Builds every target; returns each outcome and the index written.
 pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
     let (spec, _) = load_spec(o.recipe)?;
-    let dir = o.recipe.parent().unwrap_or(Path::new("."));
-    let resolve = |p: &str| -> Result<PathBuf, ArtifactError> {
-        let expanded =
-            crate::distill::recipe::expand_vars(p).map_err(|m| ArtifactError::at(o.recipe, m))?;
-        Ok(dir.join(expanded))
-    };
+    let resolve = |p: &str| resolve(o.recipe, p);
     fs_err::create_dir_all(o.dist).map_err(|e| ArtifactError::at(o.dist, e.to_string()))?;
     let _lock = lock(o.dist)?;
     remove_leftovers(&o.dist.join(&spec.name).join(&spec.version));
@@ -188,12 +198,14 @@ pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(t) = targets.get(i) else { break };
-                let outcome = build_one(o, &spec, &source, &source_hashes, &eval, t)
+                let bar = (o.progress)(t.name());
+                let outcome = build_one(o, &spec, &source, &source_hashes, &eval, t, &bar)
                     .unwrap_or_else(|e| Outcome {
                         target: t.name().into(),
                         status: "failed",
                         detail: e.to_string(),
                     });
+                bar.finish_and_clear();
                 failed.fetch_or(outcome.status == "failed", Ordering::SeqCst);
                 (o.on_done)(&outcome);
                 outcomes
@@ -217,6 +229,7 @@ fn build_one(
     source_hashes: &[String],
     eval: &[String],
     target: &Target,
+    bar: &indicatif::ProgressBar,
 ) -> Result<Outcome, ArtifactError> {
     let dir = o
         .dist
@@ -243,6 +256,7 @@ fn build_one(
             });
         }
     }
+    bar.set_message("planning");
     let model = Model::open(source)?;
     let gguf = spec.format == "gguf";
     let constraints = Constraints {
@@ -289,7 +303,8 @@ fn build_one(
         }
         work.join("model.safetensors")
     };
-    let bar = indicatif::ProgressBar::hidden();
+    bar.set_message("quantizing");
+    bar.set_length(model.tensors.iter().map(|t| t.n_bytes).sum());
     apply::write(
         &model,
         &plan,
@@ -302,12 +317,19 @@ fn build_one(
             },
             overwrite: Overwrite::Allow,
             name: &spec.name,
-            progress: &bar,
+            progress: bar,
         },
     )
     .map_err(|m| ArtifactError::at(&file, m))?;
+    bar.set_message("packaging");
     let payload = if gguf { file.clone() } else { work.clone() };
+    let distill_recipe = spec
+        .distill
+        .as_deref()
+        .map(|d| resolve(o.recipe, d))
+        .transpose()?;
     let packaged = package(&PackageInput {
+        distill_recipe: distill_recipe.as_deref(),
         model: &payload,
         reference: Some(source),
         target,
@@ -319,6 +341,7 @@ fn build_one(
         force: true,
     })?;
     let _ = fs_err::remove_dir_all(&work);
+    bar.set_message("verifying");
     let v = verify::verify(&packaged.dir, None, eval, o.targets_dir)?;
     let failed: Vec<String> = v
         .checks
@@ -388,6 +411,12 @@ fn write_index(
                 .map(|t| t.spec.accelerators.iter().map(|a| a.kind.clone()).collect())
                 .unwrap_or_default(),
             accuracy_delta: acc.and_then(|a| a.cosine_drop.or(a.perplexity_increase_pct)),
+            latency_ms: m.metrics.projection.as_ref().and_then(|p| p.latency_ms),
+            decode_tokens_per_second: m
+                .metrics
+                .projection
+                .as_ref()
+                .and_then(|p| p.decode_tokens_per_second),
             verified: verify::integrity(&dir, &m).iter().all(|c| c.passed),
         });
     }

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub fits: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<super::accuracy::Accuracy>,
+    /// Speed projected onto the target (assumed host efficiencies, `profile`'s model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projection: Option<crate::profile::project::Projection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

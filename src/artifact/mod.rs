@@ -59,6 +59,8 @@ pub struct PackageInput<'a> {
     pub name: &'a str,
     pub version: &'a str,
     pub recipe: Option<&'a Path>,
+    /// The distill recipe a build recipe names, copied as `distill.toml`.
+    pub distill_recipe: Option<&'a Path>,
     /// Eval texts for the accuracy figures (default: the built-in set).
     pub eval: Vec<String>,
     /// The `dist/` root.
@@ -107,6 +109,13 @@ pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
         }
         None => None,
     };
+    if let Some(d) = input.distill_recipe {
+        files.push(copy_hashed(
+            d,
+            &tmp.path().join("distill.toml"),
+            "distill.toml",
+        )?);
+    }
     files.sort();
     let source_model = reference.as_ref().unwrap_or(&model);
     let source = Source {
@@ -132,6 +141,15 @@ pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
         None => None,
     };
     let footprint = footprint_on(&model, target, quantization.weight_bytes);
+    // GGUF runtimes (llama.cpp and kin) run on the CPU, not on NPUs.
+    let scheme = main_scheme(&model, &quantization);
+    let accelerated = (model.format != ModelFormat::Gguf).then_some(scheme.as_str());
+    let projection = crate::profile::project::for_artifact(
+        &model,
+        target,
+        accelerated,
+        quantization.weight_bytes,
+    );
     let manifest = Manifest {
         schema: manifest::SCHEMA.into(),
         name: input.name.into(),
@@ -155,6 +173,7 @@ pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
             budget_bytes: footprint.budget_bytes,
             fits: footprint.fits(),
             accuracy,
+            projection: Some(projection),
         },
         compatibility: compatibility_of(&model),
         quantization,
@@ -264,6 +283,21 @@ fn quantization_of(model: &Model) -> Quantization {
         tensor_types,
         plan,
     }
+}
+
+/// The scheme most weights are stored in: it decides whether an accelerator runs them.
+fn main_scheme(model: &Model, q: &Quantization) -> String {
+    let mut elems: BTreeMap<&str, u64> = BTreeMap::new();
+    for t in &model.tensors {
+        if let Some(scheme) = q.plan.get(&t.name) {
+            *elems.entry(scheme).or_default() += t.n_elems;
+        }
+    }
+    elems
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .map(|(s, _)| s.to_string())
+        .unwrap_or_default()
 }
 
 fn format_name(model: &Model) -> &'static str {

@@ -2,6 +2,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::artifact::build::{self, BuildOptions, Index, Outcome, Want};
 use crate::cli::{BuildArgs, GlobalArgs, SelectArgs};
@@ -47,13 +48,31 @@ pub fn build(
         args.targets.clone()
     };
     anyhow::ensure!(args.jobs > 0, "`--jobs` must be at least 1");
+    let bars = printer.progress.then(MultiProgress::new);
     let on_done = |o: &Outcome| {
-        if !printer.json {
-            printer.info(&sanitize(&format!(
-                "{:<24} {:<8} {}",
-                o.target, o.status, o.detail
-            )));
+        let line = sanitize(&format!("{:<24} {:<8} {}", o.target, o.status, o.detail));
+        match &bars {
+            _ if printer.json || printer.quiet => {}
+            Some(bars) => {
+                let _ = bars.println(line);
+            }
+            None => printer.info(&line),
         }
+    };
+    let progress = |target: &str| match &bars {
+        Some(bars) => {
+            let bar = bars.add(ProgressBar::new(0));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:<24} {msg:<10} [{bar:30}] {bytes}/{total_bytes} {elapsed}",
+                )
+                .expect("static progress template is valid")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(sanitize(target));
+            bar
+        }
+        None => ProgressBar::hidden(),
     };
     let (outcomes, index) = build::build(&BuildOptions {
         recipe: &args.recipe,
@@ -63,12 +82,14 @@ pub fn build(
         targets_dir: global.targets_dir.as_deref(),
         distill: &distilled,
         on_done: &on_done,
+        progress: &progress,
     })
     .context("Cannot build")?;
     let failed = outcomes.iter().any(|o| o.status == "failed");
     if printer.json {
         printer.json_out(&serde_json::json!({ "outcomes": outcomes, "index": index }))?;
     } else {
+        printer.out(&variants_table(&index))?;
         printer.out(&format!(
             "{} variants in {} ({} built, {} skipped, {} failed)",
             index.variants.len(),
@@ -83,6 +104,44 @@ pub fn build(
     } else {
         ExitStatus::Success
     })
+}
+
+fn projected_speed(v: &build::Variant) -> String {
+    match (v.latency_ms, v.decode_tokens_per_second) {
+        (Some(ms), _) => format!("{ms:.1} ms"),
+        (None, Some(tps)) => format!("{tps:.1} tok/s"),
+        _ => "-".into(),
+    }
+}
+
+/// The variants of `index`, one row each.
+fn variants_table(index: &Index) -> String {
+    let mut out = format!(
+        "{:<24} {:<11} {:>6} {:>10} {:>10} {:>9} {:>12}  {}\n",
+        "target", "format", "bits/w", "size", "peak RAM", "acc. drop", "projected", "id"
+    );
+    for v in &index.variants {
+        let speed = projected_speed(v);
+        let accuracy = v.accuracy_delta.map_or("-".into(), |d| format!("{d:.4}"));
+        out.push_str(&sanitize(&format!(
+            "{:<24} {:<11} {:>6.2} {:>10} {:>10} {:>9} {:>12}  {}{}",
+            v.target,
+            v.format,
+            v.bits_per_weight,
+            human_bytes(v.size_bytes),
+            human_bytes(v.peak_ram_bytes),
+            accuracy,
+            speed,
+            &v.id[..12.min(v.id.len())],
+            if v.verified {
+                ""
+            } else {
+                "  (integrity FAILED)"
+            },
+        )));
+        out.push('\n');
+    }
+    out
 }
 
 /// `edgeforge select`.
@@ -109,12 +168,13 @@ pub fn select(args: &SelectArgs, printer: &Printer) -> anyhow::Result<ExitStatus
         printer.json_out(&serde_json::json!({ "selected": v }))?;
     } else {
         printer.out(&sanitize(&format!(
-            "{}  ({}, {}, {:.2} bits/weight, peak {}; id {})",
+            "{}  ({}, {}, {:.2} bits/weight, peak {}, projected {}; id {})",
             v.artifact,
             v.target,
             v.format,
             v.bits_per_weight,
             human_bytes(v.peak_ram_bytes),
+            projected_speed(v),
             v.id
         )))?;
     }

@@ -44,6 +44,7 @@ pub fn package(
     let eval = eval_texts(args.eval.as_deref())?;
     let spinner = printer.steps_bar(1, "package");
     let packaged = artifact::package(&PackageInput {
+        distill_recipe: None,
         model: &args.model,
         reference: args.reference.as_deref(),
         target: &target,

@@ -12,7 +12,7 @@ use crate::printer::{sanitize, Printer};
 use crate::profile::accounting::{self, SchemeCost};
 use crate::profile::measure::{self, Measurement};
 use crate::profile::plot;
-use crate::profile::project::{self, Efficiency, Projection, Work};
+use crate::profile::project::{self, Efficiency, Projection, ASSUMED};
 use crate::quant::plan::Preset;
 use crate::target::{self, Target};
 use crate::units::human_bytes;
@@ -62,12 +62,6 @@ struct Row {
     cost: SchemeCost,
     projection: Projection,
 }
-
-/// Efficiencies used when nothing was measured: typical for a CPU runtime.
-const ASSUMED: Efficiency = Efficiency {
-    compute: 0.3,
-    bandwidth: 0.6,
-};
 
 /// `edgeforge profile MODEL`.
 pub fn profile(
@@ -179,15 +173,7 @@ pub fn profile(
             cost.footprint = cost.footprint.clone().batched(args.batch);
             cost.fits = cost.footprint.fits();
             cost.shortfall_mib = cost.footprint.shortfall_mib();
-            let work = Work {
-                flops,
-                prompt_tokens: if is_decoder(&model) { tokens } else { 0 },
-                bytes_per_token: if is_decoder(&model) {
-                    cost.weights_bytes
-                } else {
-                    0
-                },
-            };
+            let work = project::work_of(&model, tokens, cost.weights_bytes);
             let projection = project::project(t, &preset.base().name(), work, efficiency);
             rows.push(Row { cost, projection });
         }
@@ -282,10 +268,6 @@ fn write_plot(r: &Report, path: &std::path::Path, force: bool) -> anyhow::Result
     };
     write_atomic(path, svg.as_bytes(), overwrite)?;
     Ok(())
-}
-
-fn is_decoder(model: &Model) -> bool {
-    matches!(model.architecture, crate::model::Architecture::Llama(_))
 }
 
 /// Achieved over peak on the host profile; capped at 1 (the profile's peak

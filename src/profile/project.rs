@@ -3,9 +3,20 @@
 //! FLOPs over compute. Each is scaled by the efficiency this host reached
 //! against its own stated peak, so a slow engine projects slow everywhere.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::model::{Architecture, Model};
 use crate::target::Target;
+
+/// Efficiencies used when nothing was measured: typical for a CPU runtime.
+/// Artifacts use these too, so their projections are reproducible.
+pub const ASSUMED: Efficiency = Efficiency {
+    compute: 0.3,
+    bandwidth: 0.6,
+};
+
+/// Input length (encoders) or prompt length (decoders) projected by default.
+pub const DEFAULT_TOKENS: u64 = 128;
 
 /// How much of its own peak the host reached.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -17,18 +28,19 @@ pub struct Efficiency {
 }
 
 /// Projected speed of one scheme on one target.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Projection {
     /// `cpu`, or the accelerator the compute figure assumes.
     pub engine: String,
     pub compute_gflops: f64,
     pub bandwidth_gbs: f64,
     /// Encoders: latency of one input at the profiled length.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefill_tokens_per_second: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_tokens_per_second: Option<f64>,
     pub assumption: String,
 }
@@ -90,4 +102,33 @@ pub fn project(target: &Target, scheme: &str, work: Work, eff: Efficiency) -> Pr
         decode_tokens_per_second: decoder.then(|| bandwidth * 1e9 / work.bytes_per_token as f64),
         assumption,
     }
+}
+
+/// What one run of `model` costs with `weight_bytes` of weights, at
+/// `tokens` input (encoders) or prompt (decoders) tokens.
+pub fn work_of(model: &Model, tokens: u64, weight_bytes: u64) -> Work {
+    let decoder = matches!(model.architecture, Architecture::Llama(_));
+    let tokens = crate::memory::max_context(&model.architecture).map_or(tokens, |m| tokens.min(m));
+    Work {
+        flops: super::accounting::forward_flops(model, tokens, tokens),
+        prompt_tokens: if decoder { tokens } else { 0 },
+        bytes_per_token: if decoder { weight_bytes } else { 0 },
+    }
+}
+
+/// The projection an artifact records: default length, assumed efficiencies
+/// (nothing host-dependent, so the manifest stays reproducible). `scheme`
+/// `None`: the files' runtime uses the CPU only.
+pub fn for_artifact(
+    model: &Model,
+    target: &Target,
+    scheme: Option<&str>,
+    weight_bytes: u64,
+) -> Projection {
+    project(
+        target,
+        scheme.unwrap_or(""),
+        work_of(model, DEFAULT_TOKENS, weight_bytes),
+        ASSUMED,
+    )
 }

@@ -338,11 +338,50 @@ fn build_makes_every_variant_skips_unchanged_ones_and_select_picks_by_ram() {
         coral["bits_per_weight"].as_f64().unwrap() < 9.0,
         "coral runs int8: {coral}"
     );
+    // Projected latency: the Edge TPU runs the int8 variant faster than the Pi's CPU runs F16.
+    let latency = |v: &Value| v["latency_ms"].as_f64().unwrap();
+    let rpi5 = variants.iter().find(|v| v["target"] == "rpi5-8gb").unwrap();
+    assert!(
+        latency(rpi5) > 0.0 && latency(coral) < latency(rpi5),
+        "{variants:?}"
+    );
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(
+            dist.join(coral["artifact"].as_str().unwrap())
+                .join("manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(manifest["metrics"]["projection"]["engine"]
+        .as_str()
+        .unwrap()
+        .contains("tpu"));
 
     // Nothing changed: every built target is skipped and the artifacts keep their ids.
     let second: Value = serde_json::from_slice(&build("1").stdout).unwrap();
     assert_eq!(status(&second, "rpi5-8gb"), "skipped");
     assert_eq!(second["index"], index);
+    // The human output is a table with one row per variant.
+    let human = edgeforge()
+        .arg("build")
+        .arg(&recipe)
+        .arg("--dist")
+        .arg(&dist)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&human.stdout);
+    for variant in variants {
+        let id = &variant["id"].as_str().unwrap()[..12];
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(variant["target"].as_str().unwrap())
+                    && l.contains(id)
+                    && l.contains(" ms")),
+            "{table}"
+        );
+    }
 
     // select: the most bits that fit the device's RAM; the TPU asks for coral's variant.
     let pick = |args: &[&str]| {
@@ -527,5 +566,14 @@ fn build_distills_first_when_the_recipe_asks_and_reuses_the_student() {
         .unwrap()
         .iter()
         .any(|f| f["sha256"] == sha.as_str()));
+    // Both recipes travel with the artifact.
+    assert_eq!(
+        std::fs::read(art.join("distill.toml")).unwrap(),
+        std::fs::read(d.path("small.toml")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(art.join("recipe.toml")).unwrap(),
+        std::fs::read(&recipe).unwrap()
+    );
     assert_eq!(build()["outcomes"][0]["status"], "skipped");
 }
