@@ -180,6 +180,11 @@ pub struct VerifyArgs {
     /// Also write a JUnit XML report
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Also rebuild the artifact from its recorded inputs (its recipe, its
+    /// target, the source given as --reference) and name the first
+    /// differing file and tensor
+    #[arg(long, requires = "reference")]
+    pub rebuild: bool,
 }
 
 /// `edgeforge distill RECIPE`

@@ -27,7 +27,8 @@ pub struct BuildSpec {
     /// The source model; or `distill`, a distill recipe whose student is built.
     pub model: Option<String>,
     pub distill: Option<String>,
-    /// `gguf` (default) or `safetensors`.
+    /// `gguf` (default), `safetensors`, or `auto`: GGUF where the target
+    /// runs it, safetensors (edgeforge schemes) elsewhere.
     #[serde(default = "default_format")]
     pub format: String,
     /// Targets to build (default: every known target).
@@ -105,10 +106,13 @@ pub fn load_spec(path: &Path) -> Result<(BuildSpec, Vec<u8>), ArtifactError> {
             "[build] needs exactly one of `model` and `distill`",
         ));
     }
-    if spec.format != "gguf" && spec.format != "safetensors" {
+    if !["gguf", "safetensors", "auto"].contains(&spec.format.as_str()) {
         return Err(ArtifactError::at(
             path,
-            format!("build.format `{}`: use gguf or safetensors", spec.format),
+            format!(
+                "build.format `{}`: use gguf, safetensors or auto",
+                spec.format
+            ),
         ));
     }
     Ok((spec, bytes))
@@ -142,12 +146,13 @@ pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
     fs_err::create_dir_all(o.dist).map_err(|e| ArtifactError::at(o.dist, e.to_string()))?;
     let _lock = lock(o.dist)?;
     remove_leftovers(&o.dist.join(&spec.name).join(&spec.version));
+    let distill_recipe = spec.distill.as_deref().map(&resolve).transpose()?;
     let source = match (&spec.model, &spec.distill) {
         (Some(m), _) => resolve(m)?,
-        (_, Some(d)) => {
+        (_, Some(_)) => {
             let work = o.dist.join(".build").join(&spec.name).join("distill");
-            let recipe = resolve(d)?;
-            (o.distill)(&recipe, &work).map_err(|m| ArtifactError::at(&recipe, m))?
+            let recipe = distill_recipe.as_deref().expect("resolved above");
+            (o.distill)(recipe, &work).map_err(|m| ArtifactError::at(recipe, m))?
         }
         _ => unreachable!("checked in load_spec"),
     };
@@ -199,12 +204,21 @@ pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(t) = targets.get(i) else { break };
                 let bar = (o.progress)(t.name());
-                let outcome = build_one(o, &spec, &source, &source_hashes, &eval, t, &bar)
-                    .unwrap_or_else(|e| Outcome {
-                        target: t.name().into(),
-                        status: "failed",
-                        detail: e.to_string(),
-                    });
+                let outcome = build_target(
+                    o,
+                    &spec,
+                    &source,
+                    &source_hashes,
+                    &eval,
+                    t,
+                    distill_recipe.as_deref(),
+                    &bar,
+                )
+                .unwrap_or_else(|e| Outcome {
+                    target: t.name().into(),
+                    status: "failed",
+                    detail: e.to_string(),
+                });
                 bar.finish_and_clear();
                 failed.fetch_or(outcome.status == "failed", Ordering::SeqCst);
                 (o.on_done)(&outcome);
@@ -222,13 +236,17 @@ pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
     Ok((outcomes, index))
 }
 
-fn build_one(
+/// Builds one target's artifact from `source` (a target whose recorded
+/// inputs match is skipped); `distill_recipe` is copied into the artifact.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn build_target(
     o: &BuildOptions,
     spec: &BuildSpec,
     source: &Path,
     source_hashes: &[String],
     eval: &[String],
     target: &Target,
+    distill_recipe: Option<&Path>,
     bar: &indicatif::ProgressBar,
 ) -> Result<Outcome, ArtifactError> {
     let dir = o
@@ -258,7 +276,10 @@ fn build_one(
     }
     bar.set_message("planning");
     let model = Model::open(source)?;
-    let gguf = spec.format == "gguf";
+    let gguf = match spec.format.as_str() {
+        "auto" => crate::profile::accounting::wants_gguf(target),
+        other => other == "gguf",
+    };
     let constraints = Constraints {
         allowed: Some(target.allowed_schemes()),
         gguf,
@@ -323,13 +344,8 @@ fn build_one(
     .map_err(|m| ArtifactError::at(&file, m))?;
     bar.set_message("packaging");
     let payload = if gguf { file.clone() } else { work.clone() };
-    let distill_recipe = spec
-        .distill
-        .as_deref()
-        .map(|d| resolve(o.recipe, d))
-        .transpose()?;
     let packaged = package(&PackageInput {
-        distill_recipe: distill_recipe.as_deref(),
+        distill_recipe,
         model: &payload,
         reference: Some(source),
         target,

@@ -8,6 +8,7 @@ pub mod accuracy;
 mod archive;
 pub mod build;
 pub mod manifest;
+pub mod rebuild;
 pub mod verify;
 
 use std::collections::BTreeMap;

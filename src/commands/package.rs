@@ -116,13 +116,25 @@ pub fn verify(
     printer: &Printer,
 ) -> anyhow::Result<ExitStatus> {
     let eval = eval_texts(args.eval.as_deref())?;
-    let v = check::verify(
+    let mut v = check::verify(
         &args.artifact,
         args.reference.as_deref(),
         &eval,
         global.targets_dir.as_deref(),
     )
     .context("Cannot verify")?;
+    if let Some(source) = args.rebuild.then_some(args.reference.as_deref()).flatten() {
+        let given = args.eval.is_some().then_some(eval.as_slice());
+        let check = crate::artifact::rebuild::rebuild(
+            &args.artifact,
+            source,
+            given,
+            global.targets_dir.as_deref(),
+        )
+        .context("Cannot rebuild")?;
+        v.passed &= check.passed;
+        v.checks.push(check);
+    }
     if let Some(path) = &args.junit {
         write_atomic(path, check::junit(&v).as_bytes(), Overwrite::Allow)?;
     }

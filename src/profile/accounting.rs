@@ -30,18 +30,31 @@ pub fn forward_flops(model: &Model, tokens: u64, context: u64) -> f64 {
         Architecture::Llama(c) => (c.num_hidden_layers, c.num_attention_heads * c.head_dim()),
         Architecture::Other { .. } => return 0.0,
     };
+    // Quantized safetensors store weights as integers (int4 two per byte):
+    // classify by name and count logical weights.
+    let schemes = model.metadata();
     let matmul: u64 = model
         .tensors
         .iter()
         .filter(|t| {
             t.shape.len() == 2
                 && matches!(
-                    t.role,
+                    TensorRole::classify(&t.name, true),
                     TensorRole::Attention | TensorRole::Mlp | TensorRole::Head
                 )
         })
-        .filter(|t| !t.name.contains("pooler"))
-        .map(|t| t.n_elems)
+        .filter(|t| !t.name.contains("pooler") && t.role != TensorRole::Norm)
+        .filter(|t| !t.name.ends_with(".scale") && !t.name.ends_with(".zero"))
+        .map(|t| {
+            let packed = schemes
+                .get(&format!("edgeforge.scheme.{}", t.name))
+                .is_some_and(|s| s.starts_with("int4"));
+            if packed {
+                2 * t.n_elems
+            } else {
+                t.n_elems
+            }
+        })
         .sum();
     let tied_head = match &model.architecture {
         Architecture::Llama(c) if !model.tensors.iter().any(|t| t.role == TensorRole::Head) => {

@@ -178,9 +178,19 @@ impl Preset {
     /// The presets `--fit` tries, best quality first, for one output family.
     pub fn ladder(gguf: bool) -> Vec<Preset> {
         if gguf {
-            let mut ladder = vec![Preset::Uniform(Scheme::F16), Preset::Uniform(Scheme::Q8_0)];
-            // Ordered by size: the K mixes down to Q4_K_S, then Q4_0, Q3_K_M, ...
-            ladder.extend(&KMIXES[..4]);
+            // Ordered by size, legacy formats between the K mixes: the
+            // legacy ones keep an already-quantized source (say Q4_1) as it is.
+            let mut ladder = vec![
+                Preset::Uniform(Scheme::F16),
+                Preset::Uniform(Scheme::Q8_0),
+                KMIXES[0],
+                Preset::Uniform(Scheme::Q5_1),
+                KMIXES[1],
+                Preset::Uniform(Scheme::Q5_0),
+                Preset::Uniform(Scheme::Q4_1),
+                KMIXES[2],
+                KMIXES[3],
+            ];
             ladder.push(Preset::Uniform(Scheme::Q4_0));
             ladder.extend(&KMIXES[4..]);
             ladder.extend([Preset::Uniform(Scheme::Q3K), Preset::Uniform(Scheme::Q2K)]);
@@ -294,6 +304,7 @@ pub fn fit(
     footprint_of: &dyn Fn(&Plan) -> Option<Footprint>,
 ) -> Result<FitResult, String> {
     let mut smallest: Option<(Plan, Footprint)> = None;
+    let source_bits = source_bits_per_weight(model);
     for preset in Preset::ladder(c.gguf) {
         let runs_base = c
             .allowed
@@ -305,6 +316,10 @@ pub fn fit(
         let Ok(plan) = plan(&model.tensors, preset, c) else {
             continue;
         };
+        // Upcasting an already-quantized source adds bytes, not accuracy.
+        if plan.bits_per_weight() > source_bits * 1.02 {
+            continue;
+        }
         let Some(fp) = footprint_of(&plan) else {
             return Ok(Ok(plan));
         };
@@ -321,6 +336,20 @@ pub fn fit(
     smallest
         .map(Err)
         .ok_or_else(|| "No scheme the target runs can encode this model".to_string())
+}
+
+/// Bits per weight the source stores its quantizable tensors in.
+fn source_bits_per_weight(model: &Model) -> f64 {
+    let (bytes, elems) = model
+        .tensors
+        .iter()
+        .filter(|t| is_quantizable(t))
+        .fold((0u64, 0u64), |(b, n), t| (b + t.n_bytes, n + t.n_elems));
+    if elems == 0 {
+        f64::INFINITY
+    } else {
+        bytes as f64 * 8.0 / elems as f64
+    }
 }
 
 /// Whether a tensor is a weight matrix that quantization applies to.

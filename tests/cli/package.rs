@@ -577,3 +577,114 @@ fn build_distills_first_when_the_recipe_asks_and_reuses_the_student() {
     );
     assert_eq!(build()["outcomes"][0]["status"], "skipped");
 }
+
+#[test]
+fn verify_rebuild_reproduces_a_build_and_names_the_first_differing_tensor() {
+    let d = Dist::new();
+    let recipe = d.path("release.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[build]\nname = \"minilm\"\nversion = \"3.0.0\"\nmodel = \"{}\"\nformat = \"safetensors\"\ntargets = [\"coral-dev-board\"]\n",
+            minilm().display()
+        ),
+    )
+    .unwrap();
+    json_success(
+        edgeforge()
+            .args(["--json", "build"])
+            .arg(&recipe)
+            .arg("--dist")
+            .arg(d.path("dist")),
+    );
+    let art = d.path("dist/minilm/3.0.0/coral-dev-board");
+    let rebuild = |source: &Path| {
+        let out = edgeforge()
+            .args(["--json", "verify", "--rebuild", "--reference"])
+            .arg(source)
+            .arg(&art)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let check = v["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["kind"] == "rebuild").cloned())
+            .unwrap_or(Value::Null);
+        (out.status.code(), check)
+    };
+    let (code, check) = rebuild(&minilm());
+    assert_eq!(code, Some(0), "{check}");
+    assert_eq!(check["passed"], true);
+
+    // Another source (one weight changed) is refused before rebuilding.
+    let other = d.path("other");
+    std::fs::create_dir(&other).unwrap();
+    for entry in std::fs::read_dir(minilm()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, other.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let weights = other.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&weights, &bytes).unwrap();
+    let (code, check) = rebuild(&other);
+    assert_eq!(code, Some(1));
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not the recorded one"),
+        "{check}"
+    );
+
+    // An artifact whose weights were altered and re-hashed passes integrity,
+    // but the rebuild names the file and the tensor.
+    let script = r#"
+import hashlib, json, struct, sys
+art = sys.argv[1]
+path = art + "/model.safetensors"
+data = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", data[:8])[0]
+header = json.loads(data[8:8 + n])
+name, info = max(((k, v) for k, v in header.items() if k != "__metadata__"),
+                 key=lambda kv: kv[1]["data_offsets"][0])
+data[8 + n + info["data_offsets"][0]] ^= 0x01
+open(path, "wb").write(data)
+m = json.load(open(art + "/manifest.json"))
+for f in m["files"]:
+    if f["path"] == "model.safetensors":
+        f["sha256"] = hashlib.sha256(data).hexdigest()
+json.dump(m, open(art + "/manifest.json", "w"))
+print(name)
+"#;
+    let altered = python().args(["-c", script]).arg(&art).output().unwrap();
+    assert!(
+        altered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&altered.stderr)
+    );
+    let altered = String::from_utf8(altered.stdout).unwrap();
+    edgeforge().arg("verify").arg(&art).assert().success();
+    let (code, check) = rebuild(&minilm());
+    assert_eq!(code, Some(1));
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("`model.safetensors` differs")
+            && detail.contains(&format!("tensor `{}`", altered.trim())),
+        "{detail}"
+    );
+
+    // A packaged (not built) artifact has nothing to rebuild from: exit 2.
+    let packaged = d.package(&d.quantized("Q8_0"), "rpi5-8gb", "pkg", "1");
+    let out = edgeforge()
+        .args(["verify", "--rebuild", "--reference"])
+        .arg(minilm())
+        .arg(packaged["artifact"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only `edgeforge build` artifacts"));
+}

@@ -151,6 +151,25 @@ fn fit_picks_per_target_and_exits_1_when_nothing_fits() {
     assert!(!out.exists(), "no output when nothing fits");
 }
 
+/// An already-quantized source is never upcast (F16 or Q8_0 of a Q4_1 file
+/// add bytes, not accuracy): a roomy device keeps it at its own format.
+#[test]
+fn fit_never_plans_more_bits_than_a_quantized_source_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, v, stderr) = quantize_json(
+        &["--fit", "rpi5-8gb", "--dry-run", "--allow-requant"],
+        &smollm2_gguf(),
+        &dir.path().join("s.gguf"),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(v["preset"], "Q4_1", "{v}");
+    let source = std::fs::metadata(smollm2_gguf()).unwrap().len();
+    assert!(
+        v["footprint"]["weights_bytes"].as_u64().unwrap() <= source,
+        "{v}"
+    );
+}
+
 #[test]
 fn target_restricts_schemes() {
     let dir = tempfile::tempdir().unwrap();
