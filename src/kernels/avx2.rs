@@ -7,13 +7,21 @@
 
 use std::arch::x86_64::*;
 
-use half::f16;
-
 use super::activation::{Q8Row, QK};
 
+/// `n` f16 values from `p` (n <= 4, read as one unaligned u64 / u32 / u16
+/// load), converted in-register (F16C): the `half` crate's conversion is an
+/// out-of-line call with a feature check, which was 7% of a decode step.
 #[inline(always)]
-fn half(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+unsafe fn halves2(p: *const u8) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()))
+}
+
+#[inline(always)]
+unsafe fn half1(p: *const u8) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+        (p as *const u16).read_unaligned(),
+    )))
 }
 
 /// Sum of eight i32 lanes of `u8 × i8` products, as floats.
@@ -45,49 +53,73 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-#[inline(always)]
-unsafe fn acts(a: &Q8Row, b: usize) -> __m256i {
-    _mm256_loadu_si256(a.qs.as_ptr().add(b * QK) as *const __m256i)
+/// Runs `$body` (with `$b` the block index, `$acc` the accumulator) for
+/// every block in order, as llama.cpp's AVX2 kernels do: one accumulator,
+/// so our logits round like theirs (two interleaved chains moved a
+/// near-tie in SmolLM2's top 3). A macro, not a closure: closures do not
+/// inherit `target_feature`, and an intrinsic outside it is an out-of-line call.
+macro_rules! blocks {
+    ($n:expr, |$b:ident, $acc:ident| $body:expr) => {{
+        let mut acc = _mm256_setzero_ps();
+        for $b in 0..$n {
+            let $acc = acc;
+            acc = $body;
+        }
+        acc
+    }};
 }
 
 /// # Safety
-/// The CPU must support AVX2 and FMA; `w` holds whole 34-byte blocks matching `a`.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must support AVX2, FMA and F16C; `w` holds whole 34-byte blocks matching `a`.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_0(w: &[u8], a: &Q8Row) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, blk) in w.chunks_exact(34).enumerate() {
-        let wq = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
-        let d = _mm256_set1_ps(half(blk, 0) * a.d[b]);
-        acc = _mm256_fmadd_ps(d, mul_sum_i8_i8(wq, acts(a, b)), acc);
-    }
-    hsum(acc)
+    let n = w.len() / 34;
+    assert!(a.d.len() >= n && a.qs.len() >= n * QK);
+    let (p, q, d) = (w.as_ptr(), a.qs.as_ptr(), a.d.as_ptr());
+    hsum(blocks!(n, |b, acc| {
+        let blk = p.add(b * 34);
+        let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+        let aq = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
+        let scale = _mm_mul_ss(half1(blk), _mm_load_ss(d.add(b)));
+        _mm256_fmadd_ps(_mm256_broadcastss_ps(scale), mul_sum_i8_i8(wq, aq), acc)
+    }))
 }
 
 /// # Safety
 /// As [`q8_0`], for 18-byte Q4_0 blocks.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_0(w: &[u8], a: &Q8Row) -> f32 {
-    let mut acc = _mm256_setzero_ps();
+    let n = w.len() / 18;
+    assert!(a.d.len() >= n && a.qs.len() >= n * QK);
+    let (p, q, d) = (w.as_ptr(), a.qs.as_ptr(), a.d.as_ptr());
     let eight = _mm256_set1_epi8(8);
-    for (b, blk) in w.chunks_exact(18).enumerate() {
-        let wq = _mm256_sub_epi8(nibbles(blk.as_ptr().add(2)), eight);
-        let d = _mm256_set1_ps(half(blk, 0) * a.d[b]);
-        acc = _mm256_fmadd_ps(d, mul_sum_i8_i8(wq, acts(a, b)), acc);
-    }
-    hsum(acc)
+    hsum(blocks!(n, |b, acc| {
+        let blk = p.add(b * 18);
+        let wq = _mm256_sub_epi8(nibbles(blk.add(2)), eight);
+        let aq = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
+        let scale = _mm_mul_ss(half1(blk), _mm_load_ss(d.add(b)));
+        _mm256_fmadd_ps(_mm256_broadcastss_ps(scale), mul_sum_i8_i8(wq, aq), acc)
+    }))
 }
 
 /// # Safety
 /// As [`q8_0`], for 20-byte Q4_1 blocks.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_1(w: &[u8], a: &Q8Row) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = 0f32;
-    for (b, blk) in w.chunks_exact(20).enumerate() {
-        let wq = nibbles(blk.as_ptr().add(4));
-        let d = _mm256_set1_ps(half(blk, 0) * a.d[b]);
-        acc = _mm256_fmadd_ps(d, mul_sum_u8_i8(wq, acts(a, b)), acc);
-        mins += half(blk, 2) * a.s[b];
-    }
-    hsum(acc) + mins
+    let n = w.len() / 20;
+    assert!(a.d.len() >= n && a.s.len() >= n && a.qs.len() >= n * QK);
+    let (p, q) = (w.as_ptr(), a.qs.as_ptr());
+    let (d, s) = (a.d.as_ptr(), a.s.as_ptr());
+    // Lane 1 collects m_w * s_a; lane 0 is scratch.
+    let mut mins = _mm_setzero_ps();
+    let dots = blocks!(n, |b, acc| {
+        let blk = p.add(b * 20);
+        let wq = nibbles(blk.add(4));
+        let aq = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
+        // [d_w, m_w] in one conversion, times [d_a, s_a].
+        let ds = _mm_mul_ps(halves2(blk), _mm_setr_ps(*d.add(b), *s.add(b), 0.0, 0.0));
+        mins = _mm_add_ps(mins, ds);
+        _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), mul_sum_u8_i8(wq, aq), acc)
+    });
+    hsum(dots) + _mm_cvtss_f32(_mm_shuffle_ps(mins, mins, 1))
 }

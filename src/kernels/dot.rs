@@ -144,14 +144,14 @@ macro_rules! dispatch {
 }
 
 /// Defines `pub fn $name`: the hand-written AVX2 kernel when the CPU has
-/// AVX2 and FMA, else the portable `$body`.
+/// AVX2, FMA and F16C, else the portable `$body`.
 macro_rules! simd {
     ($(#[$doc:meta])* $name:ident, $body:ident) => {
         $(#[$doc])*
         pub fn $name(w: &[u8], a: &Q8Row) -> f32 {
             #[cfg(target_arch = "x86_64")]
             if has_avx2_fma() {
-                // SAFETY: AVX2 and FMA are present, checked just above.
+                // SAFETY: AVX2, FMA and F16C are present, checked just above.
                 return unsafe { super::avx2::$name(w, a) };
             }
             $body(w, a)
@@ -161,7 +161,9 @@ macro_rules! simd {
 
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
 }
 
 simd!(

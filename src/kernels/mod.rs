@@ -202,24 +202,26 @@ mod tests {
     /// so only float summation order may differ (relative 1e-5).
     #[test]
     fn simd_kernels_match_portable_ones() {
-        let cols = 576;
-        let w = sample(1, cols);
-        let x: Vec<f32> = sample(1, cols).iter().rev().map(|v| v * 2.0).collect();
-        let mut a = Q8Row::default();
-        a.quantize_from(&x);
-        type Kernel = fn(&[u8], &Q8Row) -> f32;
-        let cases: [(&str, Kernel, Kernel); 3] = [
-            ("Q8_0", dot::q8_0, dot::portable::q8_0),
-            ("Q4_0", dot::q4_0, dot::portable::q4_0),
-            ("Q4_1", dot::q4_1, dot::portable::q4_1),
-        ];
-        for (scheme, fast, slow) in cases {
-            let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
-            let (f, s) = (fast(&enc.data, &a), slow(&enc.data, &a));
-            assert!(
-                (f - s).abs() <= 1e-5 * s.abs().max(1.0),
-                "{scheme}: {f} vs {s}"
-            );
+        // Several block counts, down to one.
+        for cols in [576, 544, 32] {
+            let w = sample(1, cols);
+            let x: Vec<f32> = sample(1, cols).iter().rev().map(|v| v * 2.0).collect();
+            let mut a = Q8Row::default();
+            a.quantize_from(&x);
+            type Kernel = fn(&[u8], &Q8Row) -> f32;
+            let cases: [(&str, Kernel, Kernel); 3] = [
+                ("Q8_0", dot::q8_0, dot::portable::q8_0),
+                ("Q4_0", dot::q4_0, dot::portable::q4_0),
+                ("Q4_1", dot::q4_1, dot::portable::q4_1),
+            ];
+            for (scheme, fast, slow) in cases {
+                let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
+                let (f, s) = (fast(&enc.data, &a), slow(&enc.data, &a));
+                assert!(
+                    (f - s).abs() <= 1e-5 * s.abs().max(1.0),
+                    "{scheme} at {cols} columns: {f} vs {s}"
+                );
+            }
         }
     }
 
