@@ -1,18 +1,22 @@
 //! Matrix-vector kernels for the decoder's hot path: weights stay in their
 //! GGUF block format and activations are quantized to 8 bits on the fly, as
 //! llama.cpp does, so a token reads 4-8 bits per weight instead of 32 and
-//! our logits follow llama.cpp's arithmetic. Formats without a block kernel
-//! yet (K-quants, F16, BF16) are decoded to f32 once at load.
+//! our logits follow llama.cpp's arithmetic: 8-bit blocks of 32 (`Q8_0`/
+//! `Q8_1`) for the legacy formats, of 256 (`Q8_K`) for the K-quants. F16,
+//! BF16 and anything else are decoded to f32 once at load.
 
 pub mod activation;
 mod avx2;
+mod avx2_k;
 pub mod dot;
+pub mod kblocks;
 
 use rayon::prelude::*;
 
 use crate::format::gguf::GgmlType;
 use crate::quant::{self, QuantError};
 use activation::{Q8Row, QK};
+use kblocks::Q8KRow;
 
 /// Weight encodings with a block kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +26,17 @@ pub enum BlockKind {
     Q4_1,
     Q5_0,
     Q5_1,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+/// A block kernel and the activation blocks it takes.
+enum Kernel {
+    /// 32-blocks (`Q8_0`/`Q8_1`), for the legacy formats.
+    Q8(fn(&[u8], &Q8Row) -> f32),
+    /// 256-blocks (`Q8_K`), for the K-quants.
+    Q8K(fn(&[u8], &Q8KRow) -> f32),
 }
 
 impl BlockKind {
@@ -32,6 +47,9 @@ impl BlockKind {
             GgmlType::Q4_1 => Self::Q4_1,
             GgmlType::Q5_0 => Self::Q5_0,
             GgmlType::Q5_1 => Self::Q5_1,
+            GgmlType::Q4_K => Self::Q4K,
+            GgmlType::Q5_K => Self::Q5K,
+            GgmlType::Q6_K => Self::Q6K,
             _ => return None,
         })
     }
@@ -43,16 +61,30 @@ impl BlockKind {
             Self::Q4_1 => GgmlType::Q4_1,
             Self::Q5_0 => GgmlType::Q5_0,
             Self::Q5_1 => GgmlType::Q5_1,
+            Self::Q4K => GgmlType::Q4_K,
+            Self::Q5K => GgmlType::Q5_K,
+            Self::Q6K => GgmlType::Q6_K,
         }
     }
 
-    fn dot(self) -> fn(&[u8], &Q8Row) -> f32 {
+    /// Weights per block.
+    fn block_len(self) -> usize {
         match self {
-            Self::Q8_0 => dot::q8_0,
-            Self::Q4_0 => dot::q4_0,
-            Self::Q4_1 => dot::q4_1,
-            Self::Q5_0 => dot::q5_0,
-            Self::Q5_1 => dot::q5_1,
+            Self::Q4K | Self::Q5K | Self::Q6K => quant::kquants::QK_K,
+            _ => QK,
+        }
+    }
+
+    fn kernel(self) -> Kernel {
+        match self {
+            Self::Q8_0 => Kernel::Q8(dot::q8_0),
+            Self::Q4_0 => Kernel::Q8(dot::q4_0),
+            Self::Q4_1 => Kernel::Q8(dot::q4_1),
+            Self::Q5_0 => Kernel::Q8(dot::q5_0),
+            Self::Q5_1 => Kernel::Q8(dot::q5_1),
+            Self::Q4K => Kernel::Q8K(kblocks::q4_k),
+            Self::Q5K => Kernel::Q8K(kblocks::q5_k),
+            Self::Q6K => Kernel::Q8K(kblocks::q6_k),
         }
     }
 }
@@ -84,7 +116,7 @@ impl Matrix {
         cols: usize,
     ) -> Result<Self, QuantError> {
         let storage = match BlockKind::of(ty) {
-            Some(kind) if cols.is_multiple_of(QK) => {
+            Some(kind) if cols.is_multiple_of(kind.block_len()) => {
                 let want = ty.bytes_for((rows * cols) as u64).unwrap_or(u64::MAX);
                 if bytes.len() as u64 != want {
                     return Err(QuantError::ByteCount {
@@ -148,23 +180,17 @@ impl Matrix {
         let mut by_row = vec![0f32; n * self.rows];
         match &self.storage {
             Storage::Blocks { kind, bytes } => {
-                let acts: Vec<Q8Row> = x
-                    .chunks_exact(self.cols)
-                    .map(|xr| {
-                        let mut q = Q8Row::default();
-                        q.quantize_from(xr);
-                        q
-                    })
-                    .collect();
                 let rb = bytes.len() / self.rows;
-                let dot = kind.dot();
-                for_row_chunks(&mut by_row, n, bytes, rb, |o, w| {
-                    for (orow, wrow) in o.chunks_exact_mut(n).zip(w.chunks_exact(rb)) {
-                        for (v, a) in orow.iter_mut().zip(&acts) {
-                            *v = dot(wrow, a);
-                        }
+                match kind.kernel() {
+                    Kernel::Q8(dot) => {
+                        let acts = quantize_rows(x, self.cols, Q8Row::quantize_from);
+                        block_products(&mut by_row, n, bytes, rb, &acts, dot);
                     }
-                });
+                    Kernel::Q8K(dot) => {
+                        let acts = quantize_rows(x, self.cols, Q8KRow::quantize_from);
+                        block_products(&mut by_row, n, bytes, rb, &acts, dot);
+                    }
+                }
             }
             Storage::F32(wv) => {
                 for_row_chunks(&mut by_row, n, wv, self.cols, |o, w| {
@@ -186,6 +212,35 @@ impl Matrix {
             }
         }
     }
+}
+
+/// Each `cols`-long row of `x`, quantized by `quantize`.
+fn quantize_rows<A: Default>(x: &[f32], cols: usize, quantize: fn(&mut A, &[f32])) -> Vec<A> {
+    x.chunks_exact(cols)
+        .map(|xr| {
+            let mut q = A::default();
+            quantize(&mut q, xr);
+            q
+        })
+        .collect()
+}
+
+/// `out[r * n + t] = dot(weight row r, acts[t])`, rows of `row_bytes`.
+fn block_products<A: Sync>(
+    out: &mut [f32],
+    n: usize,
+    bytes: &[u8],
+    row_bytes: usize,
+    acts: &[A],
+    dot: fn(&[u8], &A) -> f32,
+) {
+    for_row_chunks(out, n, bytes, row_bytes, |o, w| {
+        for (orow, wrow) in o.chunks_exact_mut(n).zip(w.chunks_exact(row_bytes)) {
+            for (v, a) in orow.iter_mut().zip(acts) {
+                *v = dot(wrow, a);
+            }
+        }
+    });
 }
 
 /// Runs `f` on each task's rows: `ROWS_PER_TASK` rows of output (`n`
@@ -225,11 +280,36 @@ mod tests {
             let x: Vec<f32> = sample(1, cols).iter().rev().map(|v| v * 2.0).collect();
             let mut a = Q8Row::default();
             a.quantize_from(&x);
-            type Kernel = fn(&[u8], &Q8Row) -> f32;
-            let cases: [(&str, Kernel, Kernel); 3] = [
+            type Dot = fn(&[u8], &Q8Row) -> f32;
+            let cases: [(&str, Dot, Dot); 3] = [
                 ("Q8_0", dot::q8_0, dot::portable::q8_0),
                 ("Q4_0", dot::q4_0, dot::portable::q4_0),
                 ("Q4_1", dot::q4_1, dot::portable::q4_1),
+            ];
+            for (scheme, fast, slow) in cases {
+                let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
+                let (f, s) = (fast(&enc.data, &a), slow(&enc.data, &a));
+                assert!(
+                    (f - s).abs() <= 1e-5 * s.abs().max(1.0),
+                    "{scheme} at {cols} columns: {f} vs {s}"
+                );
+            }
+        }
+        // K-quants: one and three super-blocks.
+        for cols in [256, 768] {
+            let w = sample(1, cols);
+            let x: Vec<f32> = sample(1, cols)
+                .iter()
+                .rev()
+                .map(|v| v * 2.0 - 0.1)
+                .collect();
+            let mut a = Q8KRow::default();
+            a.quantize_from(&x);
+            type KDot = fn(&[u8], &Q8KRow) -> f32;
+            let cases: [(&str, KDot, KDot); 3] = [
+                ("Q4_K", kblocks::q4_k, kblocks::portable::q4_k),
+                ("Q5_K", kblocks::q5_k, kblocks::portable::q5_k),
+                ("Q6_K", kblocks::q6_k, kblocks::portable::q6_k),
             ];
             for (scheme, fast, slow) in cases {
                 let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
@@ -252,10 +332,13 @@ mod tests {
     /// weights: the only difference left is the 8-bit activation rounding.
     #[test]
     fn block_kernels_match_dequantized_f32_within_activation_rounding() {
-        let (rows, cols, n) = (40, 96, 3);
+        let (rows, cols, n) = (40, 512, 3);
         let w = sample(rows, cols);
         let x: Vec<f32> = sample(n, cols).iter().map(|v| v * 3.0 + 0.1).collect();
-        for scheme in ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"] {
+        let schemes = [
+            "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K",
+        ];
+        for scheme in schemes {
             let s: quant::Scheme = scheme.parse().unwrap();
             let enc = quant::quantize(s, &w, cols).unwrap();
             let ty = quant::ggml_type(s).unwrap();

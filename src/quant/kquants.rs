@@ -180,7 +180,7 @@ fn make_qkx2_quants(
 
 /// Six-bit scale and min of sub-block j from the 12-byte packed array.
 #[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
