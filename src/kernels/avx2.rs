@@ -1,6 +1,6 @@
-//! AVX2 block dot products for the formats SmolLM2-class models ship in
-//! (Q4_0, Q4_1, Q8_0). Integer products per block are exact (maddubs pairs
-//! stay far below i16 saturation: 15 × 127 × 2), so these differ from the
+//! AVX2 block dot products for the legacy 32-weight formats (Q8_0, Q4_0,
+//! Q4_1, Q5_0, Q5_1). Integer products per block are exact (maddubs pairs
+//! stay far below i16 saturation: 31 × 127 × 2), so these differ from the
 //! portable kernels only in the order the per-block floats are summed.
 
 #![cfg(target_arch = "x86_64")]
@@ -117,6 +117,65 @@ pub unsafe fn q4_1(w: &[u8], a: &Q8Row) -> f32 {
         let wq = nibbles(blk.add(4));
         let aq = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
         // [d_w, m_w] in one conversion, times [d_a, s_a].
+        let ds = _mm_mul_ps(halves2(blk), _mm_setr_ps(*d.add(b), *s.add(b), 0.0, 0.0));
+        mins = _mm_add_ps(mins, ds);
+        _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), mul_sum_u8_i8(wq, aq), acc)
+    });
+    hsum(dots) + _mm_cvtss_f32(_mm_shuffle_ps(mins, mins, 1))
+}
+
+/// 32 bits to 32 bytes: byte k is 0xFF when bit k of `bits` is set, else 0.
+#[inline(always)]
+unsafe fn bytes_from_bits(bits: u32) -> __m256i {
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        ),
+    );
+    // Every bit but the byte's own set: all ones exactly when it is set.
+    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi64x(-1))
+}
+
+/// # Safety
+/// As [`q8_0`], for 22-byte Q5_0 blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_0(w: &[u8], a: &Q8Row) -> f32 {
+    let n = w.len() / 22;
+    assert!(a.d.len() >= n && a.qs.len() >= n * QK);
+    let (p, q, d) = (w.as_ptr(), a.qs.as_ptr(), a.d.as_ptr());
+    let high = _mm256_set1_epi8(0xF0u8 as i8);
+    hsum(blocks!(n, |b, acc| {
+        let blk = p.add(b * 22);
+        // (nibble | fifth << 4) - 16 is the nibble when the fifth bit is
+        // set, else the nibble with the top four bits set (nibble - 16).
+        let fifth = bytes_from_bits((blk.add(2) as *const u32).read_unaligned());
+        let wq = _mm256_or_si256(nibbles(blk.add(6)), _mm256_andnot_si256(fifth, high));
+        let aq = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
+        let scale = _mm_mul_ss(half1(blk), _mm_load_ss(d.add(b)));
+        _mm256_fmadd_ps(_mm256_broadcastss_ps(scale), mul_sum_i8_i8(wq, aq), acc)
+    }))
+}
+
+/// # Safety
+/// As [`q8_0`], for 24-byte Q5_1 blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_1(w: &[u8], a: &Q8Row) -> f32 {
+    let n = w.len() / 24;
+    assert!(a.d.len() >= n && a.s.len() >= n && a.qs.len() >= n * QK);
+    let (p, q) = (w.as_ptr(), a.qs.as_ptr());
+    let (d, s) = (a.d.as_ptr(), a.s.as_ptr());
+    let sixteen = _mm256_set1_epi8(0x10);
+    let mut mins = _mm_setzero_ps();
+    let dots = blocks!(n, |b, acc| {
+        let blk = p.add(b * 24);
+        let fifth = bytes_from_bits((blk.add(4) as *const u32).read_unaligned());
+        let wq = _mm256_or_si256(nibbles(blk.add(8)), _mm256_and_si256(fifth, sixteen));
+        let aq = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
         let ds = _mm_mul_ps(halves2(blk), _mm_setr_ps(*d.add(b), *s.add(b), 0.0, 0.0));
         mins = _mm_add_ps(mins, ds);
         _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), mul_sum_u8_i8(wq, aq), acc)

@@ -192,14 +192,20 @@ pub mod portable {
     pub fn q4_1(w: &[u8], a: &Q8Row) -> f32 {
         q4_1_body(w, a)
     }
+    pub fn q5_0(w: &[u8], a: &Q8Row) -> f32 {
+        q5_0_body(w, a)
+    }
+    pub fn q5_1(w: &[u8], a: &Q8Row) -> f32 {
+        q5_1_body(w, a)
+    }
 }
-dispatch!(
+simd!(
     /// Q5_0 weights (22-byte blocks: f16 d, u32 fifth bits, 16 bytes; w = d(q-16)).
-    q5_0, q5_0_body, &[u8], &Q8Row
+    q5_0, q5_0_body
 );
-dispatch!(
+simd!(
     /// Q5_1 weights (24-byte blocks: f16 d, f16 m, u32 fifth bits, 16 bytes).
-    q5_1, q5_1_body, &[u8], &Q8Row
+    q5_1, q5_1_body
 );
 dispatch!(
     /// f32 weights against f32 activations.

@@ -281,10 +281,12 @@ mod tests {
             let mut a = Q8Row::default();
             a.quantize_from(&x);
             type Dot = fn(&[u8], &Q8Row) -> f32;
-            let cases: [(&str, Dot, Dot); 3] = [
+            let cases: [(&str, Dot, Dot); 5] = [
                 ("Q8_0", dot::q8_0, dot::portable::q8_0),
                 ("Q4_0", dot::q4_0, dot::portable::q4_0),
                 ("Q4_1", dot::q4_1, dot::portable::q4_1),
+                ("Q5_0", dot::q5_0, dot::portable::q5_0),
+                ("Q5_1", dot::q5_1, dot::portable::q5_1),
             ];
             for (scheme, fast, slow) in cases {
                 let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
