@@ -182,3 +182,107 @@ pub unsafe fn q5_1(w: &[u8], a: &Q8Row) -> f32 {
     });
     hsum(dots) + _mm_cvtss_f32(_mm_shuffle_ps(mins, mins, 1))
 }
+
+/// Lane 1 of `v` (where the offset formats collect `m_w * s_a`).
+#[inline(always)]
+unsafe fn lane1(v: __m128) -> f32 {
+    _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1))
+}
+
+#[inline(always)]
+unsafe fn acts_at(r: &Q8Row, b: usize) -> __m256i {
+    _mm256_loadu_si256(r.qs.as_ptr().add(b * QK) as *const __m256i)
+}
+
+fn check_rows(a: &[&Q8Row; 4], n: usize) {
+    for r in a {
+        assert!(r.d.len() >= n && r.s.len() >= n && r.qs.len() >= n * QK);
+    }
+}
+
+// Four activation rows against one weight row (prefill): each block's
+// weights are unpacked, and their scales converted, once for four tokens.
+// Every token's arithmetic is the single-row kernel's, in the same order,
+// so the results are bit-identical to four calls of it. The token loops
+// have constant bounds, so the accumulator arrays stay in registers.
+
+/// # Safety
+/// As [`q8_0`], for each of the four activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_0_x4(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
+    let n = w.len() / 34;
+    check_rows(&a, n);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for b in 0..n {
+        let blk = w.as_ptr().add(b * 34);
+        let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+        let d = half1(blk);
+        for t in 0..4 {
+            let scale = _mm_mul_ss(d, _mm_load_ss(a[t].d.as_ptr().add(b)));
+            acc[t] = _mm256_fmadd_ps(
+                _mm256_broadcastss_ps(scale),
+                mul_sum_i8_i8(wq, acts_at(a[t], b)),
+                acc[t],
+            );
+        }
+    }
+    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+}
+
+/// # Safety
+/// As [`q4_0`], for each of the four activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_0_x4(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
+    let n = w.len() / 18;
+    check_rows(&a, n);
+    let eight = _mm256_set1_epi8(8);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for b in 0..n {
+        let blk = w.as_ptr().add(b * 18);
+        let wq = _mm256_sub_epi8(nibbles(blk.add(2)), eight);
+        let d = half1(blk);
+        for t in 0..4 {
+            let scale = _mm_mul_ss(d, _mm_load_ss(a[t].d.as_ptr().add(b)));
+            acc[t] = _mm256_fmadd_ps(
+                _mm256_broadcastss_ps(scale),
+                mul_sum_i8_i8(wq, acts_at(a[t], b)),
+                acc[t],
+            );
+        }
+    }
+    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+}
+
+/// # Safety
+/// As [`q4_1`], for each of the four activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_1_x4(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
+    let n = w.len() / 20;
+    check_rows(&a, n);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut mins = [_mm_setzero_ps(); 4];
+    for b in 0..n {
+        let blk = w.as_ptr().add(b * 20);
+        let wq = nibbles(blk.add(4));
+        let dm = halves2(blk);
+        for t in 0..4 {
+            let r = a[t];
+            let ds = _mm_mul_ps(
+                dm,
+                _mm_setr_ps(*r.d.as_ptr().add(b), *r.s.as_ptr().add(b), 0.0, 0.0),
+            );
+            mins[t] = _mm_add_ps(mins[t], ds);
+            acc[t] = _mm256_fmadd_ps(
+                _mm256_broadcastss_ps(ds),
+                mul_sum_u8_i8(wq, acts_at(r, b)),
+                acc[t],
+            );
+        }
+    }
+    [
+        hsum(acc[0]) + lane1(mins[0]),
+        hsum(acc[1]) + lane1(mins[1]),
+        hsum(acc[2]) + lane1(mins[2]),
+        hsum(acc[3]) + lane1(mins[3]),
+    ]
+}

@@ -179,6 +179,36 @@ simd!(
     q4_1, q4_1_body
 );
 
+/// Defines `pub fn $name`: one weight row against four activation rows,
+/// the AVX2 kernel when the CPU has it, else four calls of `$single`; the
+/// two give the same bits as four calls of the single-row kernel.
+macro_rules! simd_x4 {
+    ($(#[$doc:meta])* $name:ident, $single:ident) => {
+        $(#[$doc])*
+        pub fn $name(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2_fma() {
+                // SAFETY: AVX2, FMA and F16C are present, checked just above.
+                return unsafe { super::avx2::$name(w, a) };
+            }
+            a.map(|r| $single(w, r))
+        }
+    };
+}
+
+simd_x4!(
+    /// Q8_0 against four activation rows.
+    q8_0_x4, q8_0
+);
+simd_x4!(
+    /// Q4_0 against four activation rows.
+    q4_0_x4, q4_0
+);
+simd_x4!(
+    /// Q4_1 against four activation rows.
+    q4_1_x4, q4_1
+);
+
 /// The portable kernels, for testing the SIMD ones against.
 pub mod portable {
     use super::*;

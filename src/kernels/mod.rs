@@ -31,10 +31,14 @@ pub enum BlockKind {
     Q6K,
 }
 
+/// One weight row against four activation rows.
+type Dot4<A> = fn(&[u8], [&A; 4]) -> [f32; 4];
+
 /// A block kernel and the activation blocks it takes.
 enum Kernel {
-    /// 32-blocks (`Q8_0`/`Q8_1`), for the legacy formats.
-    Q8(fn(&[u8], &Q8Row) -> f32),
+    /// 32-blocks (`Q8_0`/`Q8_1`), for the legacy formats; with a four-row
+    /// kernel for prefill where there is one.
+    Q8(fn(&[u8], &Q8Row) -> f32, Option<Dot4<Q8Row>>),
     /// 256-blocks (`Q8_K`), for the K-quants.
     Q8K(fn(&[u8], &Q8KRow) -> f32),
 }
@@ -77,11 +81,11 @@ impl BlockKind {
 
     fn kernel(self) -> Kernel {
         match self {
-            Self::Q8_0 => Kernel::Q8(dot::q8_0),
-            Self::Q4_0 => Kernel::Q8(dot::q4_0),
-            Self::Q4_1 => Kernel::Q8(dot::q4_1),
-            Self::Q5_0 => Kernel::Q8(dot::q5_0),
-            Self::Q5_1 => Kernel::Q8(dot::q5_1),
+            Self::Q8_0 => Kernel::Q8(dot::q8_0, Some(dot::q8_0_x4)),
+            Self::Q4_0 => Kernel::Q8(dot::q4_0, Some(dot::q4_0_x4)),
+            Self::Q4_1 => Kernel::Q8(dot::q4_1, Some(dot::q4_1_x4)),
+            Self::Q5_0 => Kernel::Q8(dot::q5_0, None),
+            Self::Q5_1 => Kernel::Q8(dot::q5_1, None),
             Self::Q4K => Kernel::Q8K(kblocks::q4_k),
             Self::Q5K => Kernel::Q8K(kblocks::q5_k),
             Self::Q6K => Kernel::Q8K(kblocks::q6_k),
@@ -182,13 +186,13 @@ impl Matrix {
             Storage::Blocks { kind, bytes } => {
                 let rb = bytes.len() / self.rows;
                 match kind.kernel() {
-                    Kernel::Q8(dot) => {
+                    Kernel::Q8(dot, dot4) => {
                         let acts = quantize_rows(x, self.cols, Q8Row::quantize_from);
-                        block_products(&mut by_row, n, bytes, rb, &acts, dot);
+                        block_products(&mut by_row, n, bytes, rb, &acts, dot, dot4);
                     }
                     Kernel::Q8K(dot) => {
                         let acts = quantize_rows(x, self.cols, Q8KRow::quantize_from);
-                        block_products(&mut by_row, n, bytes, rb, &acts, dot);
+                        block_products(&mut by_row, n, bytes, rb, &acts, dot, None);
                     }
                 }
             }
@@ -225,7 +229,8 @@ fn quantize_rows<A: Default>(x: &[f32], cols: usize, quantize: fn(&mut A, &[f32]
         .collect()
 }
 
-/// `out[r * n + t] = dot(weight row r, acts[t])`, rows of `row_bytes`.
+/// `out[r * n + t] = dot(weight row r, acts[t])`, rows of `row_bytes`;
+/// four tokens at a time with `dot4` when there is one (the same bits).
 fn block_products<A: Sync>(
     out: &mut [f32],
     n: usize,
@@ -233,10 +238,17 @@ fn block_products<A: Sync>(
     row_bytes: usize,
     acts: &[A],
     dot: fn(&[u8], &A) -> f32,
+    dot4: Option<Dot4<A>>,
 ) {
+    let fours = if dot4.is_some() { n / 4 * 4 } else { 0 };
     for_row_chunks(out, n, bytes, row_bytes, |o, w| {
         for (orow, wrow) in o.chunks_exact_mut(n).zip(w.chunks_exact(row_bytes)) {
-            for (v, a) in orow.iter_mut().zip(acts) {
+            if let Some(dot4) = dot4 {
+                for (v, a) in orow[..fours].chunks_exact_mut(4).zip(acts.chunks_exact(4)) {
+                    v.copy_from_slice(&dot4(wrow, [&a[0], &a[1], &a[2], &a[3]]));
+                }
+            }
+            for (v, a) in orow[fours..].iter_mut().zip(&acts[fours..]) {
                 *v = dot(wrow, a);
             }
         }
@@ -296,6 +308,33 @@ mod tests {
                     "{scheme} at {cols} columns: {f} vs {s}"
                 );
             }
+        }
+        // Four-row kernels: the same bits as four single-row calls.
+        let cols = 544;
+        let w = sample(1, cols);
+        let rows: Vec<Q8Row> = (0..4)
+            .map(|t| {
+                let x: Vec<f32> = sample(1, cols)
+                    .iter()
+                    .map(|v| v * (t as f32 + 0.5))
+                    .collect();
+                let mut a = Q8Row::default();
+                a.quantize_from(&x);
+                a
+            })
+            .collect();
+        type Four = fn(&[u8], [&Q8Row; 4]) -> [f32; 4];
+        type One = fn(&[u8], &Q8Row) -> f32;
+        let fours: [(&str, Four, One); 3] = [
+            ("Q8_0", dot::q8_0_x4, dot::q8_0),
+            ("Q4_0", dot::q4_0_x4, dot::q4_0),
+            ("Q4_1", dot::q4_1_x4, dot::q4_1),
+        ];
+        for (scheme, four, one) in fours {
+            let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
+            let got = four(&enc.data, [&rows[0], &rows[1], &rows[2], &rows[3]]);
+            let want: Vec<u32> = rows.iter().map(|a| one(&enc.data, a).to_bits()).collect();
+            assert_eq!(got.map(f32::to_bits).to_vec(), want, "{scheme}");
         }
         // K-quants: one and three super-blocks.
         for cols in [256, 768] {
