@@ -13,18 +13,17 @@ use rayon::prelude::*;
 
 use super::weights::Weights;
 use super::EngineError;
-use crate::kernels::Matrix;
+use crate::kernels::{Group, Matrix};
 use crate::model::LlamaConfig;
 
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: Matrix,
-    wk: Matrix,
-    wv: Matrix,
+    /// q, k, v projections.
+    qkv: Group,
     wo: Matrix,
     ffn_norm: Vec<f32>,
-    gate: Matrix,
-    up: Matrix,
+    /// gate, up projections.
+    gate_up: Group,
     down: Matrix,
 }
 
@@ -63,13 +62,17 @@ impl LlamaDecoder {
                 let p = |part: &str| format!("blk.{i}.{part}.weight");
                 Ok(Layer {
                     attn_norm: norm(p("attn_norm"))?,
-                    wq: w.matrix(&p("attn_q"), q_out, h)?,
-                    wk: w.matrix(&p("attn_k"), kv_out, h)?,
-                    wv: w.matrix(&p("attn_v"), kv_out, h)?,
+                    qkv: Group::new(vec![
+                        w.matrix(&p("attn_q"), q_out, h)?,
+                        w.matrix(&p("attn_k"), kv_out, h)?,
+                        w.matrix(&p("attn_v"), kv_out, h)?,
+                    ]),
                     wo: w.matrix(&p("attn_output"), h, q_out)?,
                     ffn_norm: norm(p("ffn_norm"))?,
-                    gate: w.matrix(&p("ffn_gate"), f, h)?,
-                    up: w.matrix(&p("ffn_up"), f, h)?,
+                    gate_up: Group::new(vec![
+                        w.matrix(&p("ffn_gate"), f, h)?,
+                        w.matrix(&p("ffn_up"), f, h)?,
+                    ]),
                     down: w.matrix(&p("ffn_down"), h, f)?,
                 })
             })
@@ -100,10 +103,10 @@ impl LlamaDecoder {
             .layers
             .iter()
             .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
-                    .iter()
-                    .map(|m| m.bytes())
-                    .sum::<usize>()
+                l.qkv.bytes()
+                    + l.gate_up.bytes()
+                    + l.wo.bytes()
+                    + l.down.bytes()
                     + 4 * (l.attn_norm.len() + l.ffn_norm.len())
             })
             .sum();
@@ -143,8 +146,7 @@ impl LlamaDecoder {
             layer.wo.matmul(&ctx, n, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
             rms_norm(&x, &layer.ffn_norm, eps, &mut normed);
-            layer.gate.matmul(&normed, n, &mut gate);
-            layer.up.matmul(&normed, n, &mut up);
+            layer.gate_up.matmul(&normed, n, &mut [&mut gate, &mut up]);
             gate.iter_mut()
                 .zip(&up)
                 .for_each(|(g, u)| *g = silu(*g) * u);
@@ -178,9 +180,7 @@ impl LlamaDecoder {
         let mut q = vec![0f32; n * q_w];
         let mut k = vec![0f32; n * kv_w];
         let mut v = vec![0f32; n * kv_w];
-        layer.wq.matmul(x, n, &mut q);
-        layer.wk.matmul(x, n, &mut k);
-        layer.wv.matmul(x, n, &mut v);
+        layer.qkv.matmul(x, n, &mut [&mut q, &mut k, &mut v]);
         for t in 0..n {
             let pos = (start + t) as f32;
             for head in q[t * q_w..(t + 1) * q_w].chunks_exact_mut(hd) {

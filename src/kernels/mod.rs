@@ -157,6 +157,46 @@ impl Matrix {
         }
     }
 
+    /// The rows of `parts` one under the other, when they share a width and
+    /// a storage format.
+    fn stack(parts: &[Matrix]) -> Option<Matrix> {
+        let first = parts.first()?;
+        let cols = first.cols;
+        let rows = parts.iter().map(|m| m.rows).sum();
+        let storage = match &first.storage {
+            Storage::Blocks { kind, .. } => {
+                let mut all = Vec::new();
+                for m in parts {
+                    match &m.storage {
+                        Storage::Blocks { kind: k, bytes } if k == kind && m.cols == cols => {
+                            all.extend_from_slice(bytes)
+                        }
+                        _ => return None,
+                    }
+                }
+                Storage::Blocks {
+                    kind: *kind,
+                    bytes: all,
+                }
+            }
+            Storage::F32(_) => {
+                let mut all = Vec::new();
+                for m in parts {
+                    match &m.storage {
+                        Storage::F32(v) if m.cols == cols => all.extend_from_slice(v),
+                        _ => return None,
+                    }
+                }
+                Storage::F32(all)
+            }
+        };
+        Some(Matrix {
+            rows,
+            cols,
+            storage,
+        })
+    }
+
     /// Bytes the weights occupy in memory.
     pub fn bytes(&self) -> usize {
         match &self.storage {
@@ -213,6 +253,65 @@ impl Matrix {
                 for (t, &v) in row.iter().enumerate() {
                     out[t * self.rows + r] = v;
                 }
+            }
+        }
+    }
+}
+
+/// Matrices that take the same input (q/k/v, gate/up). When they share a
+/// storage format they are stacked at load into one matrix: one activation
+/// quantization and one parallel pass instead of several. Each output is the
+/// same dot product either way, so stacking never changes a bit.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Output rows of each part, in order.
+    rows: Vec<usize>,
+    stacked: Option<Matrix>,
+    parts: Vec<Matrix>,
+}
+
+impl Group {
+    pub fn new(parts: Vec<Matrix>) -> Self {
+        let rows = parts.iter().map(|m| m.rows).collect();
+        match Matrix::stack(&parts) {
+            Some(m) => Self {
+                rows,
+                stacked: Some(m),
+                parts: Vec::new(),
+            },
+            None => Self {
+                rows,
+                stacked: None,
+                parts,
+            },
+        }
+    }
+
+    /// Bytes the weights occupy in memory.
+    pub fn bytes(&self) -> usize {
+        self.stacked
+            .iter()
+            .chain(&self.parts)
+            .map(Matrix::bytes)
+            .sum()
+    }
+
+    /// `outs[i] = part i × x` for `n` input rows (`outs[i]` is `[n, rows_i]`).
+    pub fn matmul(&self, x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+        assert_eq!(outs.len(), self.rows.len());
+        let Some(m) = &self.stacked else {
+            for (part, out) in self.parts.iter().zip(outs.iter_mut()) {
+                part.matmul(x, n, out);
+            }
+            return;
+        };
+        let mut all = vec![0f32; n * m.rows];
+        m.matmul(x, n, &mut all);
+        for (t, row) in all.chunks_exact(m.rows).enumerate() {
+            let mut at = 0;
+            for (out, &r) in outs.iter_mut().zip(&self.rows) {
+                out[t * r..(t + 1) * r].copy_from_slice(&row[at..at + r]);
+                at += r;
             }
         }
     }
@@ -359,6 +458,39 @@ mod tests {
                     (f - s).abs() <= 1e-5 * s.abs().max(1.0),
                     "{scheme} at {cols} columns: {f} vs {s}"
                 );
+            }
+        }
+    }
+
+    /// A group (stacked when the formats match, separate when not) gives
+    /// the bits of each matrix's own product.
+    #[test]
+    fn groups_give_each_parts_own_product() {
+        let (cols, n) = (64, 5);
+        let x = sample(n, cols);
+        let matrix = |scheme: &str, rows: usize, seed: usize| {
+            let w: Vec<f32> = sample(rows + seed, cols)[seed * cols..].to_vec();
+            let s: quant::Scheme = scheme.parse().unwrap();
+            let enc = quant::quantize(s, &w, cols).unwrap();
+            Matrix::from_ggml(quant::ggml_type(s).unwrap(), &enc.data, rows, cols).unwrap()
+        };
+        for schemes in [["Q4_1", "Q4_1", "Q4_1"], ["Q4_1", "Q8_0", "Q4_1"]] {
+            let parts: Vec<Matrix> = schemes
+                .iter()
+                .zip([12, 4, 4])
+                .enumerate()
+                .map(|(i, (s, rows))| matrix(s, rows, i + 1))
+                .collect();
+            let group = Group::new(parts.clone());
+            assert_eq!(group.stacked.is_some(), schemes[0] == schemes[1]);
+            let mut outs: Vec<Vec<f32>> = parts.iter().map(|m| vec![0.0; n * m.rows]).collect();
+            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            group.matmul(&x, n, &mut views);
+            for (part, got) in parts.iter().zip(&outs) {
+                let mut want = vec![0f32; n * part.rows];
+                part.matmul(&x, n, &mut want);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(&want), "{schemes:?}");
             }
         }
     }
