@@ -18,23 +18,46 @@ pub struct ErrorStats {
 
 const CHUNK: usize = 1 << 14;
 
+/// Sum, sum of squares, squared error and largest error of one chunk, in
+/// eight independent f64 lanes (one serial chain was 4 cycles per weight,
+/// half of a Q4_0 quantization), combined in a fixed order.
+fn chunk_sums(a: &[f32], b: &[f32]) -> (f64, f64, f64, f64) {
+    const LANES: usize = 8;
+    let (mut sum, mut sig, mut noise, mut max) =
+        ([0f64; LANES], [0f64; LANES], [0f64; LANES], [0f64; LANES]);
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (xa, ya) in ac.zip(bc) {
+        for l in 0..LANES {
+            let (x, e) = (f64::from(xa[l]), f64::from(xa[l]) - f64::from(ya[l]));
+            sum[l] += x;
+            sig[l] += x * x;
+            noise[l] += e * e;
+            max[l] = max[l].max(e.abs());
+        }
+    }
+    for (l, (&x, &y)) in ar.iter().zip(br).enumerate() {
+        let (x, e) = (f64::from(x), f64::from(x) - f64::from(y));
+        sum[l] += x;
+        sig[l] += x * x;
+        noise[l] += e * e;
+        max[l] = max[l].max(e.abs());
+    }
+    (
+        sum.iter().sum(),
+        sig.iter().sum(),
+        noise.iter().sum(),
+        max.iter().fold(0f64, |m, &v| m.max(v)),
+    )
+}
+
 impl ErrorStats {
     /// Compares `orig` with `recon` (same length).
     pub fn between(orig: &[f32], recon: &[f32]) -> Self {
         let partials: Vec<(f64, f64, f64, f64)> = orig
             .par_chunks(CHUNK)
             .zip(recon.par_chunks(CHUNK))
-            .map(|(a, b)| {
-                let (mut sum, mut sig, mut noise, mut max) = (0f64, 0f64, 0f64, 0f64);
-                for (&x, &y) in a.iter().zip(b) {
-                    let (x, e) = (f64::from(x), f64::from(x) - f64::from(y));
-                    sum += x;
-                    sig += x * x;
-                    noise += e * e;
-                    max = max.max(e.abs());
-                }
-                (sum, sig, noise, max)
-            })
+            .map(|(a, b)| chunk_sums(a, b))
             .collect();
         let (sum, sig, noise, max) = partials
             .iter()
