@@ -157,6 +157,24 @@ macro_rules! simd {
             $body(w, a)
         }
     };
+    // Also a NEON kernel on aarch64 (NEON is baseline there: no check).
+    ($(#[$doc:meta])* $name:ident, $body:ident, neon) => {
+        $(#[$doc])*
+        pub fn $name(w: &[u8], a: &Q8Row) -> f32 {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2_fma() {
+                // SAFETY: AVX2, FMA and F16C are present, checked just above.
+                return unsafe { super::avx2::$name(w, a) };
+            }
+            #[cfg(target_arch = "aarch64")]
+            {
+                // SAFETY: every aarch64 CPU has NEON.
+                return unsafe { super::neon::$name(w, a) };
+            }
+            #[allow(unreachable_code)]
+            $body(w, a)
+        }
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -168,15 +186,15 @@ pub(super) fn has_avx2_fma() -> bool {
 
 simd!(
     /// Q8_0 weights (34-byte blocks: f16 d, 32 × i8).
-    q8_0, q8_0_body
+    q8_0, q8_0_body, neon
 );
 simd!(
     /// Q4_0 weights (18-byte blocks: f16 d, 16 bytes of codes; w = d(q-8)).
-    q4_0, q4_0_body
+    q4_0, q4_0_body, neon
 );
 simd!(
     /// Q4_1 weights (20-byte blocks: f16 d, f16 m, 16 bytes; w = d q + m).
-    q4_1, q4_1_body
+    q4_1, q4_1_body, neon
 );
 
 /// Defines `pub fn $name`: one weight row against four activation rows,

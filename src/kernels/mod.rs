@@ -10,6 +10,7 @@ mod avx2;
 mod avx2_k;
 pub mod dot;
 pub mod kblocks;
+mod neon;
 
 use rayon::prelude::*;
 
