@@ -121,7 +121,7 @@ pub unsafe fn q4_1(w: &[u8], a: &Q8Row) -> f32 {
         mins = _mm_add_ps(mins, ds);
         _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), mul_sum_u8_i8(wq, aq), acc)
     });
-    hsum(dots) + _mm_cvtss_f32(_mm_shuffle_ps(mins, mins, 1))
+    hsum(dots) + lane1(mins)
 }
 
 /// 32 bits to 32 bytes: byte k is 0xFF when bit k of `bits` is set, else 0.
@@ -180,7 +180,7 @@ pub unsafe fn q5_1(w: &[u8], a: &Q8Row) -> f32 {
         mins = _mm_add_ps(mins, ds);
         _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), mul_sum_u8_i8(wq, aq), acc)
     });
-    hsum(dots) + _mm_cvtss_f32(_mm_shuffle_ps(mins, mins, 1))
+    hsum(dots) + lane1(mins)
 }
 
 /// Lane 1 of `v` (where the offset formats collect `m_w * s_a`).
@@ -206,6 +206,19 @@ fn check_rows(a: &[&Q8Row; 4], n: usize) {
 // so the results are bit-identical to four calls of it. The token loops
 // have constant bounds, so the accumulator arrays stay in registers.
 
+/// Block `b` of signed codes `wq` (scale `d`) into each token's accumulator.
+#[inline(always)]
+unsafe fn signed_tokens(acc: &mut [__m256; 4], wq: __m256i, d: __m128, a: &[&Q8Row; 4], b: usize) {
+    for t in 0..4 {
+        let scale = _mm_mul_ss(d, _mm_load_ss(a[t].d.as_ptr().add(b)));
+        acc[t] = _mm256_fmadd_ps(
+            _mm256_broadcastss_ps(scale),
+            mul_sum_i8_i8(wq, acts_at(a[t], b)),
+            acc[t],
+        );
+    }
+}
+
 /// # Safety
 /// As [`q8_0`], for each of the four activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -216,15 +229,7 @@ pub unsafe fn q8_0_x4(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
     for b in 0..n {
         let blk = w.as_ptr().add(b * 34);
         let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-        let d = half1(blk);
-        for t in 0..4 {
-            let scale = _mm_mul_ss(d, _mm_load_ss(a[t].d.as_ptr().add(b)));
-            acc[t] = _mm256_fmadd_ps(
-                _mm256_broadcastss_ps(scale),
-                mul_sum_i8_i8(wq, acts_at(a[t], b)),
-                acc[t],
-            );
-        }
+        signed_tokens(&mut acc, wq, half1(blk), &a, b);
     }
     [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
 }
@@ -240,15 +245,7 @@ pub unsafe fn q4_0_x4(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
     for b in 0..n {
         let blk = w.as_ptr().add(b * 18);
         let wq = _mm256_sub_epi8(nibbles(blk.add(2)), eight);
-        let d = half1(blk);
-        for t in 0..4 {
-            let scale = _mm_mul_ss(d, _mm_load_ss(a[t].d.as_ptr().add(b)));
-            acc[t] = _mm256_fmadd_ps(
-                _mm256_broadcastss_ps(scale),
-                mul_sum_i8_i8(wq, acts_at(a[t], b)),
-                acc[t],
-            );
-        }
+        signed_tokens(&mut acc, wq, half1(blk), &a, b);
     }
     [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
 }

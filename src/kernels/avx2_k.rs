@@ -47,6 +47,40 @@ unsafe fn mins_dot(scales: &[u8], bsums: *const i16) -> i32 {
     s
 }
 
+/// `sumi` plus sub-blocks `2 pair` (codes `lo`) and `2 pair + 1` (codes
+/// `hi`) against their 64 activations, each times its 6-bit scale.
+#[inline(always)]
+unsafe fn add_pair(
+    sumi: __m256i,
+    lo: __m256i,
+    hi: __m256i,
+    scales: &[u8],
+    pair: usize,
+    qa: *const u8,
+) -> __m256i {
+    let (s0, _) = scale_min_k4(2 * pair, scales);
+    let (s1, _) = scale_min_k4(2 * pair + 1, scales);
+    let sumi = _mm256_add_epi32(sumi, scaled_dot(lo, load(qa.add(64 * pair)), s0.into()));
+    _mm256_add_epi32(
+        sumi,
+        scaled_dot(hi, load(qa.add(64 * pair + 32)), s1.into()),
+    )
+}
+
+/// Block `b`'s value from its scaled integer sum: `d·sumi − dmin·Σ mins·bsums`.
+#[inline(always)]
+unsafe fn scaled_min_block(
+    blk: *const u8,
+    scales: &[u8],
+    sumi: __m256i,
+    a: &Q8KRow,
+    b: usize,
+) -> f32 {
+    let mins = mins_dot(scales, a.bsums.as_ptr().add(b * 16));
+    let d = *a.d.get_unchecked(b);
+    d * half(blk) * hsum_i32(sumi) as f32 - d * half(blk.add(2)) * mins as f32
+}
+
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `w` holds whole Q4_K blocks matching `a`.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -62,19 +96,11 @@ pub unsafe fn q4_k(w: &[u8], a: &Q8KRow) -> f32 {
         let mut sumi = _mm256_setzero_si256();
         for pair in 0..4 {
             let q = load(blk.add(16 + 32 * pair));
-            let (s0, _) = scale_min_k4(2 * pair, scales);
-            let (s1, _) = scale_min_k4(2 * pair + 1, scales);
             let lo = _mm256_and_si256(q, low);
             let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
-            sumi = _mm256_add_epi32(sumi, scaled_dot(lo, load(qa.add(64 * pair)), s0.into()));
-            sumi = _mm256_add_epi32(
-                sumi,
-                scaled_dot(hi, load(qa.add(64 * pair + 32)), s1.into()),
-            );
+            sumi = add_pair(sumi, lo, hi, scales, pair, qa);
         }
-        let mins = mins_dot(scales, a.bsums.as_ptr().add(b * 16));
-        let d = *a.d.get_unchecked(b);
-        acc += d * half(blk) * hsum_i32(sumi) as f32 - d * half(blk.add(2)) * mins as f32;
+        acc += scaled_min_block(blk, scales, sumi, a, b);
     }
     acc
 }
@@ -103,8 +129,6 @@ pub unsafe fn q5_k(w: &[u8], a: &Q8KRow) -> f32 {
         let mut sumi = _mm256_setzero_si256();
         for pair in 0..4 {
             let q = load(blk.add(48 + 32 * pair));
-            let (s0, _) = scale_min_k4(2 * pair, scales);
-            let (s1, _) = scale_min_k4(2 * pair + 1, scales);
             let lo = _mm256_or_si256(
                 _mm256_and_si256(q, low),
                 fifth_bit(high_bits, 2 * pair as i32, one),
@@ -113,15 +137,9 @@ pub unsafe fn q5_k(w: &[u8], a: &Q8KRow) -> f32 {
                 _mm256_and_si256(_mm256_srli_epi16(q, 4), low),
                 fifth_bit(high_bits, 2 * pair as i32 + 1, one),
             );
-            sumi = _mm256_add_epi32(sumi, scaled_dot(lo, load(qa.add(64 * pair)), s0.into()));
-            sumi = _mm256_add_epi32(
-                sumi,
-                scaled_dot(hi, load(qa.add(64 * pair + 32)), s1.into()),
-            );
+            sumi = add_pair(sumi, lo, hi, scales, pair, qa);
         }
-        let mins = mins_dot(scales, a.bsums.as_ptr().add(b * 16));
-        let d = *a.d.get_unchecked(b);
-        acc += d * half(blk) * hsum_i32(sumi) as f32 - d * half(blk.add(2)) * mins as f32;
+        acc += scaled_min_block(blk, scales, sumi, a, b);
     }
     acc
 }

@@ -355,10 +355,8 @@ fn block_products<A: Sync>(
     });
 }
 
-/// Runs `f` on each task's rows: `ROWS_PER_TASK` rows of output (`n`
-/// values each) with their weights (`row_len` items each). On rayon's pool,
-/// or inline when the pool has one thread (a pool of one only adds wake-ups,
-/// 10% of a single-threaded decode step); the split is the same either way.
+/// Runs `f` on each task's rows, on rayon's pool: `ROWS_PER_TASK` rows of
+/// output (`n` values each) with their weights (`row_len` items each).
 fn for_row_chunks<T: Sync>(
     out: &mut [f32],
     n: usize,
@@ -366,16 +364,9 @@ fn for_row_chunks<T: Sync>(
     row_len: usize,
     f: impl Fn(&mut [f32], &[T]) + Sync,
 ) {
-    let (out_task, w_task) = (n * ROWS_PER_TASK, row_len * ROWS_PER_TASK);
-    if rayon::current_num_threads() == 1 {
-        for (o, w) in out.chunks_mut(out_task).zip(weights.chunks(w_task)) {
-            f(o, w);
-        }
-    } else {
-        out.par_chunks_mut(out_task)
-            .zip(weights.par_chunks(w_task))
-            .for_each(|(o, w)| f(o, w));
-    }
+    out.par_chunks_mut(n * ROWS_PER_TASK)
+        .zip(weights.par_chunks(row_len * ROWS_PER_TASK))
+        .for_each(|(o, w)| f(o, w));
 }
 
 #[cfg(test)]
@@ -392,22 +383,14 @@ mod tests {
             let x: Vec<f32> = sample(1, cols).iter().rev().map(|v| v * 2.0).collect();
             let mut a = Q8Row::default();
             a.quantize_from(&x);
-            type Dot = fn(&[u8], &Q8Row) -> f32;
-            let cases: [(&str, Dot, Dot); 5] = [
+            let cases: [Case<Q8Row>; 5] = [
                 ("Q8_0", dot::q8_0, dot::portable::q8_0),
                 ("Q4_0", dot::q4_0, dot::portable::q4_0),
                 ("Q4_1", dot::q4_1, dot::portable::q4_1),
                 ("Q5_0", dot::q5_0, dot::portable::q5_0),
                 ("Q5_1", dot::q5_1, dot::portable::q5_1),
             ];
-            for (scheme, fast, slow) in cases {
-                let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
-                let (f, s) = (fast(&enc.data, &a), slow(&enc.data, &a));
-                assert!(
-                    (f - s).abs() <= 1e-5 * s.abs().max(1.0),
-                    "{scheme} at {cols} columns: {f} vs {s}"
-                );
-            }
+            assert_fast_matches_slow(&w, cols, &a, &cases);
         }
         // Four-row kernels: the same bits as four single-row calls.
         let cols = 544;
@@ -446,20 +429,26 @@ mod tests {
                 .collect();
             let mut a = Q8KRow::default();
             a.quantize_from(&x);
-            type KDot = fn(&[u8], &Q8KRow) -> f32;
-            let cases: [(&str, KDot, KDot); 3] = [
+            let cases: [Case<Q8KRow>; 3] = [
                 ("Q4_K", kblocks::q4_k, kblocks::portable::q4_k),
                 ("Q5_K", kblocks::q5_k, kblocks::portable::q5_k),
                 ("Q6_K", kblocks::q6_k, kblocks::portable::q6_k),
             ];
-            for (scheme, fast, slow) in cases {
-                let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
-                let (f, s) = (fast(&enc.data, &a), slow(&enc.data, &a));
-                assert!(
-                    (f - s).abs() <= 1e-5 * s.abs().max(1.0),
-                    "{scheme} at {cols} columns: {f} vs {s}"
-                );
-            }
+            assert_fast_matches_slow(&w, cols, &a, &cases);
+        }
+    }
+
+    /// A scheme, its dispatched (SIMD) kernel and its portable one.
+    type Case<A> = (&'static str, fn(&[u8], &A) -> f32, fn(&[u8], &A) -> f32);
+
+    fn assert_fast_matches_slow<A>(w: &[f32], cols: usize, a: &A, cases: &[Case<A>]) {
+        for (scheme, fast, slow) in cases {
+            let enc = quant::quantize(scheme.parse().unwrap(), w, cols).unwrap();
+            let (f, s) = (fast(&enc.data, a), slow(&enc.data, a));
+            assert!(
+                (f - s).abs() <= 1e-5 * s.abs().max(1.0),
+                "{scheme} at {cols} columns: {f} vs {s}"
+            );
         }
     }
 
