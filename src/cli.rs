@@ -89,6 +89,94 @@ pub enum Command {
     Build(BuildArgs),
     /// Pick the best variant in a dist index for a device
     Select(SelectArgs),
+    /// Ship a version's variants as OCI artifacts: an image layout folder or a registry
+    ///
+    /// One artifact manifest per device variant (config = its manifest.json,
+    /// one layer per file) and one image index per version whose entries carry
+    /// the selection annotations (docs/distribution.md). Pushing uploads only
+    /// the blobs the registry lacks, then the manifests, then the index.
+    Publish(PublishArgs),
+    /// Fetch the one variant a device needs from a registry, checked, into a folder
+    ///
+    /// Resolves the version's index with the same selection as `select` (or a
+    /// target name), streams only that variant's blobs, checks every digest,
+    /// runs verify's integrity check, then moves the folder into place.
+    Pull(PullArgs),
+    /// Work on dist index files
+    #[command(subcommand)]
+    Index(IndexCommand),
+}
+
+/// `edgeforge publish dist/<name>/<version>`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["oci_layout", "to"])))]
+pub struct PublishArgs {
+    /// A version folder of the dist tree: dist/<name>/<version>
+    pub version_dir: PathBuf,
+    /// Write an OCI image layout into this folder (tag: the version, or --tag)
+    #[arg(long, value_name = "DIR")]
+    pub oci_layout: Option<PathBuf>,
+    /// Push to a registry: REGISTRY/REPOSITORY[:TAG] (default tag: the version)
+    #[arg(long, value_name = "REF")]
+    pub to: Option<String>,
+    /// The tag in an OCI layout (default: the version)
+    #[arg(long, value_name = "TAG", conflicts_with = "to")]
+    pub tag: Option<String>,
+    /// Plain HTTP instead of HTTPS (a local registry)
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Move a tag that points at different content
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `edgeforge pull REGISTRY/REPO:TAG --out DIR`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("choice").required(true).args(["target", "ram_mb"])))]
+pub struct PullArgs {
+    /// REGISTRY/REPOSITORY:TAG (a version's index) or @sha256:... (one variant)
+    pub reference: String,
+    /// The variant built for this target
+    #[arg(long, value_name = "T")]
+    pub target: Option<String>,
+    /// Memory the device can give the model, in MiB (selects as `select` does)
+    #[arg(long, value_name = "MB")]
+    pub ram_mb: Option<u64>,
+    /// With --ram-mb: only variants for devices with this accelerator kind
+    #[arg(long, value_name = "KIND", requires = "ram_mb")]
+    pub accelerator: Option<String>,
+    /// With --ram-mb: only this format (gguf, safetensors)
+    #[arg(long, value_name = "F", requires = "ram_mb")]
+    pub format: Option<String>,
+    /// The folder to create (must not exist, or hold the same artifact)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Plain HTTP instead of HTTPS (a local registry)
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Replace a folder that holds another artifact
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// Join the dist/index.json files of `build --matrix` jobs into one
+    ///
+    /// Variants are ordered by target, so the result does not depend on the
+    /// order of the inputs; the same target twice must be the same artifact.
+    Merge(IndexMergeArgs),
+}
+
+/// `edgeforge index merge A.json B.json... --out dist/index.json`
+#[derive(Debug, Args)]
+pub struct IndexMergeArgs {
+    /// Partial index files
+    #[arg(required = true)]
+    pub indexes: Vec<PathBuf>,
+    /// Where to write the merged index
+    #[arg(long, short, value_name = "FILE", default_value = "dist/index.json")]
+    pub out: PathBuf,
 }
 
 /// `edgeforge build RECIPE`
@@ -113,6 +201,25 @@ pub struct BuildArgs {
     /// The dist folder
     #[arg(long, value_name = "DIR", default_value = "dist")]
     pub dist: PathBuf,
+    /// Print a CI job matrix (one entry per target, with its input hash) and build nothing
+    #[arg(long, value_name = "STYLE", num_args = 0..=1, default_missing_value = "github")]
+    pub matrix: Option<MatrixStyle>,
+    /// A registry repository used as a shared cache: a target whose inputs are
+    /// already published there is pulled instead of built (REGISTRY/REPOSITORY)
+    #[arg(long, value_name = "REF")]
+    pub cache: Option<String>,
+    /// With --cache: plain HTTP instead of HTTPS
+    #[arg(long, requires = "cache")]
+    pub plain_http: bool,
+}
+
+/// The shape of `build --matrix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MatrixStyle {
+    /// `{"include": [{"target": ..., "inputs": ...}]}` for `strategy.matrix`
+    Github,
+    /// `{"parallel": {"matrix": [{"TARGET": ..., "INPUTS": ...}]}}` for `parallel:matrix`
+    Gitlab,
 }
 
 /// `edgeforge select --index dist/index.json --ram-mb N`

@@ -8,6 +8,7 @@ pub mod artifact;
 pub mod cli;
 pub mod commands;
 pub mod distill;
+pub mod distribution;
 pub mod engine;
 pub mod exit;
 pub mod format;

@@ -4,12 +4,14 @@
 //! skipped. `dist/index.json` lists every variant for `select`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::inputs::Inputs;
+use super::manifest::Manifest;
 use super::verify::{self, read_manifest};
 use super::{hash_file, package, ArtifactError, PackageInput};
 use crate::format::atomic::Overwrite;
@@ -83,7 +85,8 @@ pub struct Index {
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     pub target: String,
-    /// `built`, `skipped` (inputs unchanged), `failed`.
+    /// `built`, `skipped` (inputs unchanged), `cached` (fetched from the
+    /// cache), `failed`.
     pub status: &'static str,
     pub detail: String,
 }
@@ -128,6 +131,8 @@ pub struct BuildOptions<'a> {
     /// Resolves `distill = ...` to the student's model folder (runs or reuses the distillation).
     pub distill: &'a (dyn Fn(&Path, &Path) -> Result<PathBuf, String> + Sync),
     pub on_done: &'a (dyn Fn(&Outcome) + Sync),
+    /// Where to look before building a target (`--cache`).
+    pub cache: Option<&'a Cache<'a>>,
     /// A progress bar for one target (hidden when nobody watches).
     pub progress: &'a (dyn Fn(&str) -> indicatif::ProgressBar + Sync),
 }
@@ -139,26 +144,89 @@ fn resolve(recipe: &Path, path: &str) -> Result<PathBuf, ArtifactError> {
     Ok(recipe.parent().unwrap_or(Path::new(".")).join(expanded))
 }
 
-/// Builds every target; returns each outcome and the index written.
-pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
-    let (spec, _) = load_spec(o.recipe)?;
-    let resolve = |p: &str| resolve(o.recipe, p);
-    fs_err::create_dir_all(o.dist).map_err(|e| ArtifactError::at(o.dist, e.to_string()))?;
-    let _lock = lock(o.dist)?;
-    remove_leftovers(&o.dist.join(&spec.name).join(&spec.version));
-    let distill_recipe = spec.distill.as_deref().map(&resolve).transpose()?;
-    let source = match (&spec.model, &spec.distill) {
-        (Some(m), _) => resolve(m)?,
-        (_, Some(_)) => {
-            let work = o.dist.join(".build").join(&spec.name).join("distill");
-            let recipe = distill_recipe.as_deref().expect("resolved above");
-            (o.distill)(recipe, &work).map_err(|m| ArtifactError::at(recipe, m))?
-        }
-        _ => unreachable!("checked in load_spec"),
+/// A registry (or any store) that may already hold the artifact for some
+/// inputs: given the target, the inputs hash and the artifact folder to
+/// fill, it fills it and returns a detail line, or returns `None`.
+pub type Cache<'a> = dyn Fn(&Target, &str, &Path) -> Result<Option<String>, String> + Sync + 'a;
+
+/// What `build` would build: the recipe, the chosen targets and each one's inputs.
+pub struct Planned {
+    pub spec: BuildSpec,
+    pub targets: Vec<(Target, Inputs)>,
+    /// The source model, for `model = ...` builds (distill builds make it later).
+    pub source: Option<PathBuf>,
+    pub distill_recipe: Option<PathBuf>,
+}
+
+/// Resolves the recipe, the targets and their inputs without building.
+pub fn plan_targets(
+    recipe: &Path,
+    chosen: &[String],
+    targets_dir: Option<&Path>,
+) -> Result<Planned, ArtifactError> {
+    let (spec, recipe_bytes) = load_spec(recipe)?;
+    let distill_recipe = spec
+        .distill
+        .as_deref()
+        .map(|p| resolve(recipe, p))
+        .transpose()?;
+    let source = spec
+        .model
+        .as_deref()
+        .map(|p| resolve(recipe, p))
+        .transpose()?;
+    let source_hashes: Vec<String> = match &source {
+        Some(source) => Model::open(source)?
+            .files
+            .iter()
+            .map(|f| hash_file(f).map(|h| h.1))
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
     };
-    let eval: Vec<String> = match &spec.eval {
+    let distill_sha = distill_recipe
+        .as_deref()
+        .map(|d| hash_file(d).map(|h| h.1))
+        .transpose()?;
+    let names = if !chosen.is_empty() {
+        chosen.to_vec()
+    } else if !spec.targets.is_empty() {
+        spec.targets.clone()
+    } else {
+        target::load_all(targets_dir)
+            .map_err(|e| ArtifactError::at(recipe, e.to_string()))?
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect()
+    };
+    let recipe_sha = hex::encode(Sha256::digest(&recipe_bytes));
+    let targets = names
+        .iter()
+        .map(|n| {
+            let t = target::load(n, targets_dir)
+                .map_err(|e| ArtifactError::at(recipe, e.to_string()))?;
+            let inputs = Inputs {
+                recipe: recipe_sha.clone(),
+                distill: distill_sha.clone(),
+                source: source_hashes.clone(),
+                target: t.sha256.clone(),
+                tool: env!("CARGO_PKG_VERSION").into(),
+            };
+            Ok((t, inputs))
+        })
+        .collect::<Result<_, ArtifactError>>()?;
+    Ok(Planned {
+        spec,
+        targets,
+        source,
+        distill_recipe,
+    })
+}
+
+/// The eval texts a recipe names, else the built-in set.
+fn eval_texts(recipe: &Path, spec: &BuildSpec) -> Result<Vec<String>, ArtifactError> {
+    Ok(match &spec.eval {
         Some(e) => {
-            let path = resolve(e)?;
+            let path = resolve(recipe, e)?;
             let text = fs_err::read_to_string(&path)
                 .map_err(|e| ArtifactError::at(&path, e.to_string()))?;
             text.lines()
@@ -171,109 +239,121 @@ pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
             .iter()
             .map(|s| s.to_string())
             .collect(),
-    };
-    let names = if !o.targets.is_empty() {
-        o.targets.clone()
-    } else if !spec.targets.is_empty() {
-        spec.targets.clone()
-    } else {
-        target::load_all(o.targets_dir)
-            .map_err(|e| ArtifactError::at(o.recipe, e.to_string()))?
-            .iter()
-            .map(|t| t.name().to_string())
-            .collect()
-    };
-    let targets: Vec<Target> = names
-        .iter()
-        .map(|n| {
-            target::load(n, o.targets_dir).map_err(|e| ArtifactError::at(o.recipe, e.to_string()))
-        })
-        .collect::<Result<_, _>>()?;
-    let source_files = Model::open(&source)?.files;
-    let source_hashes: Vec<String> = source_files
-        .iter()
-        .map(|f| hash_file(f).map(|h| h.1))
-        .collect::<Result<_, _>>()?;
+    })
+}
 
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let outcomes = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..o.jobs.max(1).min(targets.len().max(1)) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(t) = targets.get(i) else { break };
-                let bar = (o.progress)(t.name());
-                let outcome = build_target(
-                    o,
-                    &spec,
-                    &source,
-                    &source_hashes,
-                    &eval,
-                    t,
-                    distill_recipe.as_deref(),
-                    &bar,
-                )
-                .unwrap_or_else(|e| Outcome {
-                    target: t.name().into(),
-                    status: "failed",
-                    detail: e.to_string(),
-                });
-                bar.finish_and_clear();
-                failed.fetch_or(outcome.status == "failed", Ordering::SeqCst);
-                (o.on_done)(&outcome);
-                outcomes
-                    .lock()
-                    .expect("no panics while holding")
-                    .push((i, outcome));
-            });
+/// Builds every target; returns each outcome and the index written.
+/// A target whose artifact in `dist/` has the same inputs is skipped; one
+/// the cache holds is fetched; only the rest are built (and only then is a
+/// distill stage run).
+pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
+    let planned = plan_targets(o.recipe, &o.targets, o.targets_dir)?;
+    let spec = &planned.spec;
+    let eval = eval_texts(o.recipe, spec)?;
+    fs_err::create_dir_all(o.dist).map_err(|e| ArtifactError::at(o.dist, e.to_string()))?;
+    let _lock = lock(o.dist)?;
+    let version_dir = o.dist.join(&spec.name).join(&spec.version);
+    remove_leftovers(&version_dir);
+
+    let mut outcomes: Vec<Option<Outcome>> = Vec::new();
+    for (t, inputs) in &planned.targets {
+        let dir = version_dir.join(t.name());
+        let outcome = |status, detail| {
+            Some(Outcome {
+                target: t.name().into(),
+                status,
+                detail,
+            })
+        };
+        let local = read_manifest(&dir).ok().filter(|(m, _)| {
+            Inputs::of_manifest(m).as_ref() == Some(inputs)
+                && verify::integrity(&dir, m).iter().all(|c| c.passed)
+        });
+        let done = if let Some((_, id)) = local {
+            outcome("skipped", format!("inputs unchanged: artifact {id}"))
+        } else if let Some(cache) = o.cache {
+            match cache(t, &inputs.hash(), &dir) {
+                Ok(Some(detail)) => outcome("cached", detail),
+                Ok(None) => None,
+                Err(e) => outcome("failed", format!("cache: {e}")),
+            }
+        } else {
+            None
+        };
+        if let Some(d) = &done {
+            (o.on_done)(d);
         }
-    });
-    let mut outcomes = outcomes.into_inner().expect("threads joined");
-    outcomes.sort_by_key(|(i, _)| *i);
-    let outcomes: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
-    let index = write_index(o.dist, &spec, o.targets_dir)?;
+        outcomes.push(done);
+    }
+
+    let pending: Vec<usize> = (0..outcomes.len())
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
+    if !pending.is_empty() {
+        let source = match (&planned.source, &planned.distill_recipe) {
+            (Some(m), _) => m.clone(),
+            (None, Some(recipe)) => {
+                let work = o.dist.join(".build").join(&spec.name).join("distill");
+                (o.distill)(recipe, &work).map_err(|m| ArtifactError::at(recipe, m))?
+            }
+            _ => unreachable!("checked in load_spec"),
+        };
+        let next = AtomicUsize::new(0);
+        let built = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..o.jobs.max(1).min(pending.len()) {
+                scope.spawn(|| {
+                    while let Some(&i) = pending.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        let t = &planned.targets[i].0;
+                        let bar = (o.progress)(t.name());
+                        let outcome = build_target(
+                            o,
+                            spec,
+                            &source,
+                            &eval,
+                            t,
+                            planned.distill_recipe.as_deref(),
+                            &bar,
+                        )
+                        .unwrap_or_else(|e| Outcome {
+                            target: t.name().into(),
+                            status: "failed",
+                            detail: e.to_string(),
+                        });
+                        bar.finish_and_clear();
+                        (o.on_done)(&outcome);
+                        built
+                            .lock()
+                            .expect("no panics while holding")
+                            .push((i, outcome));
+                    }
+                });
+            }
+        });
+        for (i, outcome) in built.into_inner().expect("threads joined") {
+            outcomes[i] = Some(outcome);
+        }
+    }
+    let outcomes: Vec<Outcome> = outcomes
+        .into_iter()
+        .map(|o| o.expect("every target ran"))
+        .collect();
+    let index = write_index(o.dist, spec, o.targets_dir)?;
     Ok((outcomes, index))
 }
 
-/// Builds one target's artifact from `source` (a target whose recorded
-/// inputs match is skipped); `distill_recipe` is copied into the artifact.
+/// Builds one target's artifact from `source`; `distill_recipe` is copied
+/// into the artifact.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn build_target(
     o: &BuildOptions,
     spec: &BuildSpec,
     source: &Path,
-    source_hashes: &[String],
     eval: &[String],
     target: &Target,
     distill_recipe: Option<&Path>,
     bar: &indicatif::ProgressBar,
 ) -> Result<Outcome, ArtifactError> {
-    let dir = o
-        .dist
-        .join(&spec.name)
-        .join(&spec.version)
-        .join(target.name());
-    let recipe_sha = hex::encode(Sha256::digest(
-        fs_err::read(o.recipe).map_err(|e| ArtifactError::at(o.recipe, e.to_string()))?,
-    ));
-    if let Ok((m, id)) = read_manifest(&dir) {
-        let same_inputs = m.target.sha256 == target.sha256
-            && m.tool.version == env!("CARGO_PKG_VERSION")
-            && m.recipe.as_ref().is_some_and(|r| r.sha256 == recipe_sha)
-            && m.source
-                .files
-                .iter()
-                .map(|f| &f.sha256)
-                .eq(source_hashes.iter());
-        if same_inputs && verify::integrity(&dir, &m).iter().all(|c| c.passed) {
-            return Ok(Outcome {
-                target: target.name().into(),
-                status: "skipped",
-                detail: format!("inputs unchanged: artifact {id}"),
-            });
-        }
-    }
     bar.set_message("planning");
     let model = Model::open(source)?;
     let gguf = match spec.format.as_str() {
@@ -408,45 +488,54 @@ fn write_index(
         let Ok((m, id)) = read_manifest(&dir) else {
             continue;
         };
-        let target = target::load(&m.target.name, targets_dir).ok();
-        let acc = m.metrics.accuracy.as_ref();
-        variants.push(Variant {
-            target: m.target.name.clone(),
-            class: m.target.class.clone(),
-            artifact: dir
-                .strip_prefix(dist)
-                .unwrap_or(&dir)
-                .to_string_lossy()
-                .into_owned(),
-            id,
-            format: m.quantization.format.clone(),
-            size_bytes: m.metrics.size_bytes,
-            peak_ram_bytes: m.metrics.total_bytes,
-            bits_per_weight: m.quantization.bits_per_weight,
-            accelerators: target
-                .map(|t| t.spec.accelerators.iter().map(|a| a.kind.clone()).collect())
-                .unwrap_or_default(),
-            accuracy_delta: acc.and_then(|a| a.cosine_drop.or(a.perplexity_increase_pct)),
-            latency_ms: m.metrics.projection.as_ref().and_then(|p| p.latency_ms),
-            decode_tokens_per_second: m
-                .metrics
-                .projection
-                .as_ref()
-                .and_then(|p| p.decode_tokens_per_second),
-            verified: verify::integrity(&dir, &m).iter().all(|c| c.passed),
-        });
+        let artifact = dir
+            .strip_prefix(dist)
+            .unwrap_or(&dir)
+            .to_string_lossy()
+            .into_owned();
+        let verified = verify::integrity(&dir, &m).iter().all(|c| c.passed);
+        variants.push(variant_of(&m, id, artifact, verified, targets_dir));
     }
     let index = Index {
         name: spec.name.clone(),
         version: spec.version.clone(),
         variants,
     };
-    let mut json = serde_json::to_string_pretty(&index).expect("index serializes");
-    json.push('\n');
+    let json = index_json(&index);
     let path = dist.join("index.json");
     crate::format::atomic::write_atomic(&path, json.as_bytes(), Overwrite::Allow)
         .map_err(|e| ArtifactError::at(&path, e.to_string()))?;
     Ok(index)
+}
+
+/// The index row of one artifact.
+pub fn variant_of(
+    m: &Manifest,
+    id: String,
+    artifact: String,
+    verified: bool,
+    targets_dir: Option<&Path>,
+) -> Variant {
+    let target = target::load(&m.target.name, targets_dir).ok();
+    let acc = m.metrics.accuracy.as_ref();
+    let projection = m.metrics.projection.as_ref();
+    Variant {
+        target: m.target.name.clone(),
+        class: m.target.class.clone(),
+        artifact,
+        id,
+        format: m.quantization.format.clone(),
+        size_bytes: m.metrics.size_bytes,
+        peak_ram_bytes: m.metrics.total_bytes,
+        bits_per_weight: m.quantization.bits_per_weight,
+        accelerators: target
+            .map(|t| t.spec.accelerators.iter().map(|a| a.kind.clone()).collect())
+            .unwrap_or_default(),
+        accuracy_delta: acc.and_then(|a| a.cosine_drop.or(a.perplexity_increase_pct)),
+        latency_ms: projection.and_then(|p| p.latency_ms),
+        decode_tokens_per_second: projection.and_then(|p| p.decode_tokens_per_second),
+        verified,
+    }
 }
 
 /// An exclusive lock on `dist/.lock` for the build: a second build into the
@@ -462,6 +551,45 @@ fn lock(dist: &Path) -> Result<std::fs::File, ArtifactError> {
     file.lock()
         .map_err(|e| ArtifactError::at(&path, format!("cannot lock: {e}")))?;
     Ok(file)
+}
+
+/// Joins the partial indexes of matrix jobs: one name and version, each
+/// target once (the same artifact if it appears twice), ordered by target
+/// as `build` orders them, so the inputs' order does not matter.
+pub fn merge_indexes(parts: &[Index]) -> Result<Index, String> {
+    let first = parts.first().ok_or("nothing to merge")?;
+    let mut by_target = std::collections::BTreeMap::<&str, &Variant>::new();
+    for part in parts {
+        if (&part.name, &part.version) != (&first.name, &first.version) {
+            return Err(format!(
+                "an index is {} {}, another {} {}",
+                part.name, part.version, first.name, first.version
+            ));
+        }
+        for v in &part.variants {
+            match by_target.insert(&v.target, v) {
+                Some(other) if other != v => {
+                    return Err(format!(
+                        "target `{}` appears twice with different artifacts ({} and {})",
+                        v.target, other.id, v.id
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(Index {
+        name: first.name.clone(),
+        version: first.version.clone(),
+        variants: by_target.into_values().cloned().collect(),
+    })
+}
+
+/// The index as `build` writes it (pretty JSON, one trailing newline).
+pub fn index_json(index: &Index) -> String {
+    let mut json = serde_json::to_string_pretty(index).expect("index serializes");
+    json.push('\n');
+    json
 }
 
 /// What a device asks for.

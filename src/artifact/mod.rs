@@ -7,6 +7,7 @@
 pub mod accuracy;
 mod archive;
 pub mod build;
+pub mod inputs;
 pub mod manifest;
 pub mod rebuild;
 pub mod verify;

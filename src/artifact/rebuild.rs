@@ -43,12 +43,6 @@ pub fn rebuild(
         .map_err(|e| ArtifactError::at(&recipe, e.to_string()))?;
     let scratch = tempfile::tempdir().map_err(|e| ArtifactError::at(dir, e.to_string()))?;
     let distill_recipe = dir.join("distill.toml");
-    let source_hashes: Vec<String> = manifest
-        .source
-        .files
-        .iter()
-        .map(|f| f.sha256.clone())
-        .collect();
     let options = BuildOptions {
         recipe: &recipe,
         targets: vec![target.name().into()],
@@ -57,13 +51,13 @@ pub fn rebuild(
         targets_dir,
         distill: &|_, _| Err("a rebuild never distils: it starts from the recorded source".into()),
         on_done: &|_| {},
+        cache: None,
         progress: &|_| indicatif::ProgressBar::hidden(),
     };
     let built = build::build_target(
         &options,
         &spec,
         source,
-        &source_hashes,
         &eval,
         &target,
         spec.distill.is_some().then_some(distill_recipe.as_path()),

@@ -5,8 +5,11 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::artifact::build::{self, BuildOptions, Index, Outcome, Want};
-use crate::cli::{BuildArgs, GlobalArgs, SelectArgs};
+use crate::cli::{BuildArgs, GlobalArgs, IndexMergeArgs, MatrixStyle, SelectArgs};
 use crate::distill::{self, Options};
+use crate::distribution::pull::{self, Choice};
+use crate::distribution::registry::{parse_reference, Connection, Remote};
+use crate::distribution::DistributionError;
 use crate::exit::ExitStatus;
 use crate::printer::{sanitize, Printer};
 use crate::target;
@@ -48,6 +51,30 @@ pub fn build(
         args.targets.clone()
     };
     anyhow::ensure!(args.jobs > 0, "`--jobs` must be at least 1");
+    if let Some(style) = args.matrix {
+        return matrix(args, &targets, style, global, printer);
+    }
+    let remote = args
+        .cache
+        .as_deref()
+        .map(|text| cache_remote(text, args.plain_http))
+        .transpose()?;
+    let cache =
+        |t: &crate::target::Target, inputs: &str, dir: &Path| -> Result<Option<String>, String> {
+            let Some(remote) = &remote else {
+                return Ok(None);
+            };
+            let tag = crate::distribution::media::inputs_tag(inputs);
+            match pull::pull(remote, &tag, &Choice::Target(t.name()), dir, true, &|_| {}) {
+                Ok(o) => Ok(Some(format!(
+                    "inputs {} published: pulled artifact {}",
+                    &inputs[..12],
+                    o.variant.id
+                ))),
+                Err(DistributionError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        };
     let bars = printer.progress.then(MultiProgress::new);
     let on_done = |o: &Outcome| {
         let line = sanitize(&format!("{:<24} {:<8} {}", o.target, o.status, o.detail));
@@ -82,6 +109,7 @@ pub fn build(
         targets_dir: global.targets_dir.as_deref(),
         distill: &distilled,
         on_done: &on_done,
+        cache: args.cache.is_some().then_some(&cache as &build::Cache),
         progress: &progress,
     })
     .context("Cannot build")?;
@@ -91,11 +119,14 @@ pub fn build(
     } else {
         printer.out(&variants_table(&index))?;
         printer.out(&format!(
-            "{} variants in {} ({} built, {} skipped, {} failed)",
+            "{} variants in {} ({} built, {} skipped or cached, {} failed)",
             index.variants.len(),
             args.dist.join("index.json").display(),
             outcomes.iter().filter(|o| o.status == "built").count(),
-            outcomes.iter().filter(|o| o.status == "skipped").count(),
+            outcomes
+                .iter()
+                .filter(|o| o.status == "skipped" || o.status == "cached")
+                .count(),
             outcomes.iter().filter(|o| o.status == "failed").count(),
         ))?;
     }
@@ -177,6 +208,75 @@ pub fn select(args: &SelectArgs, printer: &Printer) -> anyhow::Result<ExitStatus
             projected_speed(v),
             v.id
         )))?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// The registry repository of `--cache` (a tag, if given, is ignored: cache
+/// entries are found by their inputs tag).
+fn cache_remote(text: &str, plain_http: bool) -> anyhow::Result<Remote> {
+    let (reference, _) = parse_reference(text)?;
+    Ok(Remote::connect(reference, &Connection { plain_http })?)
+}
+
+/// `build --matrix`: one job per target with its inputs hash.
+fn matrix(
+    args: &BuildArgs,
+    targets: &[String],
+    style: MatrixStyle,
+    global: &GlobalArgs,
+    printer: &Printer,
+) -> anyhow::Result<ExitStatus> {
+    let planned = build::plan_targets(&args.recipe, targets, global.targets_dir.as_deref())
+        .context("Cannot plan the build matrix")?;
+    let jobs: Vec<serde_json::Value> = planned
+        .targets
+        .iter()
+        .map(|(t, inputs)| match style {
+            MatrixStyle::Github => {
+                serde_json::json!({ "target": t.name(), "inputs": inputs.hash() })
+            }
+            MatrixStyle::Gitlab => {
+                serde_json::json!({ "TARGET": t.name(), "INPUTS": inputs.hash() })
+            }
+        })
+        .collect();
+    let matrix = match style {
+        MatrixStyle::Github => serde_json::json!({ "include": jobs }),
+        MatrixStyle::Gitlab => serde_json::json!({ "parallel": { "matrix": jobs } }),
+    };
+    // One line: CI systems read it from a step output (`echo "matrix=$(...)"`).
+    printer.out(&serde_json::to_string(&matrix)?)?;
+    Ok(ExitStatus::Success)
+}
+
+/// `edgeforge index merge A.json B.json... --out FILE`.
+pub fn index_merge(args: &IndexMergeArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    let parts = args
+        .indexes
+        .iter()
+        .map(|path| {
+            let bytes = fs_err::read(path)?;
+            serde_json::from_slice::<Index>(&bytes)
+                .with_context(|| format!("{}: not a dist index", path.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let merged = build::merge_indexes(&parts).map_err(|e| anyhow::anyhow!("Cannot merge: {e}"))?;
+    crate::format::atomic::write_atomic(
+        &args.out,
+        build::index_json(&merged).as_bytes(),
+        crate::format::atomic::Overwrite::Allow,
+    )?;
+    if printer.json {
+        printer.json_out(&merged)?;
+    } else {
+        printer.out(&variants_table(&merged))?;
+        printer.out(&format!(
+            "{} variants from {} indexes in {}",
+            merged.variants.len(),
+            parts.len(),
+            args.out.display()
+        ))?;
     }
     Ok(ExitStatus::Success)
 }

@@ -6,15 +6,17 @@ mod distill;
 mod inspect;
 mod package;
 mod profile;
+mod publish;
 mod quantize;
 mod run;
 mod targets;
 
-pub use build::{build, select};
+pub use build::{build, index_merge, select};
 pub use distill::distill;
 pub use inspect::inspect;
 pub use package::{package, verify};
 pub use profile::profile;
+pub use publish::{publish, pull};
 pub use quantize::quantize;
 pub use run::run;
 pub use targets::targets;
@@ -40,5 +42,8 @@ pub fn dispatch(
         Command::Verify(args) => verify(&args, global, printer),
         Command::Build(args) => build(&args, global, printer),
         Command::Select(args) => select(&args, printer),
+        Command::Publish(args) => publish(&args, global, printer),
+        Command::Pull(args) => pull(&args, printer),
+        Command::Index(crate::cli::IndexCommand::Merge(args)) => index_merge(&args, printer),
     }
 }

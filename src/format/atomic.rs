@@ -72,13 +72,7 @@ impl AtomicFile {
             source,
         };
         let temp = self.temp.into_inner().map_err(|e| io_err(e.into_error()))?;
-        // Temp files are created owner-only; outputs are ordinary shareable files.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::Permissions::from_mode(0o644);
-            temp.as_file().set_permissions(mode).map_err(io_err)?;
-        }
+        make_shareable(temp.as_file()).map_err(io_err)?;
         temp.as_file().sync_all().map_err(io_err)?;
         match self.overwrite {
             Overwrite::Allow => temp.persist(&target).map_err(|e| io_err(e.error))?,
@@ -118,4 +112,17 @@ impl Write for AtomicFile {
     fn flush(&mut self) -> io::Result<()> {
         self.temp.flush()
     }
+}
+
+/// Temp files are created owner-only; outputs are ordinary shareable files
+/// (mode 0644).
+pub fn make_shareable(file: &std::fs::File) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod common;
 mod distill;
+mod distribution;
 mod engine;
 mod gguf;
 mod inspect;
