@@ -656,15 +656,27 @@ fn serve(stream: TcpStream, respond: &Respond) {
             }
         }
         let (status, extra, body) = respond(&method, &path);
+        // `X-Cut: n` announces the whole body, sends n bytes and hangs up.
+        let cut = extra
+            .iter()
+            .find(|(k, _)| k == "X-Cut")
+            .map(|(_, v)| v.parse::<usize>().unwrap());
         let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
-        for (k, v) in extra {
+        for (k, v) in extra.iter().filter(|(k, _)| k != "X-Cut") {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
         if writer.write_all(head.as_bytes()).is_err() {
             return;
         }
-        if method != "HEAD" && writer.write_all(&body).is_err() {
+        if method == "HEAD" {
+            continue;
+        }
+        if let Some(n) = cut {
+            let _ = writer.write_all(&body[..n]);
+            return;
+        }
+        if writer.write_all(&body).is_err() {
             return;
         }
     }
@@ -902,4 +914,117 @@ fn matrix_jobs_merge_into_the_index_of_one_build_and_the_registry_is_a_cache() {
     );
     let m: Value = serde_json::from_slice(&raw.stdout).unwrap();
     assert_eq!(m["annotations"]["dev.edgeforge.target"], TARGETS[0]);
+}
+
+/// A read-only registry serving an OCI image layout; GETs of the blob
+/// `cut_digest` are cut short the first `cuts` times.
+fn layout_registry(layout: PathBuf, cut_digest: String, cuts: usize) -> Scripted {
+    let served = AtomicUsize::new(0);
+    Scripted::start(Arc::new(move |_method, path| {
+        let blob = |digest: &str| {
+            let hex = digest.strip_prefix("sha256:").unwrap_or("");
+            std::fs::read(layout.join("blobs/sha256").join(hex)).ok()
+        };
+        let found = |body: Vec<u8>, extra: Vec<(String, String)>| (200, extra, body);
+        if path == "/v2/" {
+            return (200, vec![], b"{}".to_vec());
+        }
+        if let Some(reference) = path.split("/manifests/").nth(1) {
+            let digest =
+                if reference.starts_with("sha256:") {
+                    reference.to_string()
+                } else {
+                    let top: Value =
+                        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap())
+                            .unwrap();
+                    match top["manifests"].as_array().unwrap().iter().find(|d| {
+                        d["annotations"]["org.opencontainers.image.ref.name"] == reference
+                    }) {
+                        Some(d) => d["digest"].as_str().unwrap().to_string(),
+                        None => return (404, vec![], Vec::new()),
+                    }
+                };
+            let body = blob(&digest).unwrap();
+            let media = serde_json::from_slice::<Value>(&body).unwrap()["mediaType"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            return found(
+                body,
+                vec![
+                    ("Content-Type".into(), media),
+                    ("Docker-Content-Digest".into(), digest),
+                ],
+            );
+        }
+        if let Some(digest) = path.split("/blobs/").nth(1) {
+            let Some(body) = blob(digest) else {
+                return (404, vec![], Vec::new());
+            };
+            if digest == cut_digest && served.fetch_add(1, Ordering::SeqCst) < cuts {
+                let half = (body.len() / 2).to_string();
+                return found(body, vec![("X-Cut".into(), half)]);
+            }
+            return found(body, vec![]);
+        }
+        (404, vec![], Vec::new())
+    }))
+}
+
+#[test]
+fn interrupted_downloads_are_retried_and_never_leave_half_an_artifact() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("oci");
+    ok_json(
+        edgeforge()
+            .args(["--json", "publish"])
+            .arg(version_dir())
+            .arg("--oci-layout")
+            .arg(&layout),
+    );
+    let (_, sha) = manifest_files(&version_dir().join("rpi5-8gb"))
+        .into_iter()
+        .find(|(p, _)| p.ends_with(".gguf"))
+        .unwrap();
+    let pull = |server: &Scripted, out: &Path| {
+        run(edgeforge()
+            .args([
+                "--json",
+                "pull",
+                &format!("127.0.0.1:{}/m:2.0.0_ci.1", server.port),
+                "--plain-http",
+                "--target",
+                "rpi5-8gb",
+                "--out",
+            ])
+            .arg(out))
+    };
+    // Cut once: the retry completes the pull.
+    let once = layout_registry(layout.clone(), format!("sha256:{sha}"), 1);
+    let out_dir = work.path().join("once");
+    let out = pull(&once, &out_dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retrying"));
+    assert_eq!(
+        manifest_files(&out_dir),
+        manifest_files(&version_dir().join("rpi5-8gb"))
+    );
+    // Cut every time: exit 2 after the retries, and no folder, no temp folder.
+    let always = layout_registry(layout.clone(), format!("sha256:{sha}"), usize::MAX);
+    let out_dir = work.path().join("always");
+    let out = pull(&always, &out_dir);
+    assert_eq!(out.status.code(), Some(2));
+    let err = one_error_line(&out.stderr);
+    assert!(err.contains("after 4 attempts"), "{err}");
+    assert!(!out_dir.exists());
+    let mut left: Vec<String> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["oci", "once"]);
 }
