@@ -105,6 +105,97 @@ pub enum Command {
     /// Work on dist index files
     #[command(subcommand)]
     Index(IndexCommand),
+    /// Federated learning: global versions, client updates, aggregation rounds
+    #[command(subcommand)]
+    Fed(FedCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FedCommand {
+    /// Make version 0 of a federation from a model folder and its recipe
+    Init(FedInitArgs),
+    /// Check client updates against a global version and aggregate the accepted ones into the next
+    ///
+    /// Rejected updates (another base version, other tensors or shapes, another
+    /// tokenizer or recipe, NaN/Inf, a norm above --max-norm, a second update
+    /// from one client) are listed with their reason in the new version's
+    /// lineage.json; the round goes on without them. Exit 1 and no new version
+    /// when fewer than --min-clients are accepted.
+    Aggregate(FedAggregateArgs),
+    /// Print the chain of versions that led to a global version
+    Log(FedLogArgs),
+}
+
+/// `edgeforge fed init MODEL --recipe R --out DIR`
+#[derive(Debug, Args)]
+pub struct FedInitArgs {
+    /// A model folder with one model.safetensors (and config.json, tokenizer.json)
+    pub model: PathBuf,
+    /// The federation's recipe (its sha256 is checked in every update)
+    #[arg(long, value_name = "FILE")]
+    pub recipe: PathBuf,
+    /// The version folder to create
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// The aggregation rule of `fed aggregate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StrategyArg {
+    Fedavg,
+    Median,
+    TrimmedMean,
+    Krum,
+}
+
+/// `edgeforge fed aggregate --global DIR UPDATE... --out DIR`
+#[derive(Debug, Args)]
+pub struct FedAggregateArgs {
+    /// The global version the updates were trained on
+    #[arg(long, value_name = "DIR")]
+    pub global: PathBuf,
+    /// Client update files
+    #[arg(required = true)]
+    pub updates: Vec<PathBuf>,
+    /// The new version's folder (must not exist)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "fedavg")]
+    pub strategy: StrategyArg,
+    /// trimmed-mean: the fraction cut at each end
+    #[arg(long, value_name = "P", default_value_t = 0.2)]
+    pub trim: f64,
+    /// krum: the number of malicious clients to tolerate
+    #[arg(long, value_name = "F", default_value_t = 0)]
+    pub krum_malicious: usize,
+    /// krum: average the K best updates (Multi-Krum) instead of taking the best one
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub krum_keep: usize,
+    /// Scale each update down to at most this L2 norm before aggregating
+    #[arg(long, value_name = "X")]
+    pub clip_norm: Option<f64>,
+    /// Reject updates whose L2 norm is above this
+    #[arg(long, value_name = "X")]
+    pub max_norm: Option<f64>,
+    /// new = global + η × aggregate
+    #[arg(long, value_name = "η", default_value_t = 1.0)]
+    pub server_lr: f64,
+    /// Fewer accepted updates: exit 1, no new version
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub min_clients: usize,
+    /// Accept updates trained on one of the last S versions, down-weighted by (1 + s)^-0.5
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub max_staleness: u64,
+    /// Working-memory budget of the aggregation, in MiB
+    #[arg(long, value_name = "MB", default_value_t = 4096)]
+    pub memory_budget_mb: u64,
+}
+
+/// `edgeforge fed log DIR`
+#[derive(Debug, Args)]
+pub struct FedLogArgs {
+    /// A global version folder
+    pub dir: PathBuf,
 }
 
 /// `edgeforge publish dist/<name>/<version>`

@@ -11,6 +11,7 @@ pub mod distill;
 pub mod distribution;
 pub mod engine;
 pub mod exit;
+pub mod fed;
 pub mod format;
 pub mod kernels;
 pub mod llamacpp;

@@ -3,6 +3,7 @@
 
 mod build;
 mod distill;
+mod fed;
 mod inspect;
 mod package;
 mod profile;
@@ -13,6 +14,7 @@ mod targets;
 
 pub use build::{build, index_merge, select};
 pub use distill::distill;
+pub use fed::fed;
 pub use inspect::inspect;
 pub use package::{package, verify};
 pub use profile::profile;
@@ -45,5 +47,6 @@ pub fn dispatch(
         Command::Publish(args) => publish(&args, global, printer),
         Command::Pull(args) => pull(&args, printer),
         Command::Index(crate::cli::IndexCommand::Merge(args)) => index_merge(&args, printer),
+        Command::Fed(cmd) => fed(&cmd, printer),
     }
 }

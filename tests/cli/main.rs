@@ -5,6 +5,7 @@ mod common;
 mod distill;
 mod distribution;
 mod engine;
+mod fed;
 mod gguf;
 mod inspect;
 mod package;

@@ -1,0 +1,125 @@
+//! `fed init`, `fed aggregate`, `fed log`.
+
+use anyhow::Context;
+
+use crate::cli::{FedAggregateArgs, FedCommand, FedInitArgs, FedLogArgs, StrategyArg};
+use crate::exit::ExitStatus;
+use crate::fed::aggregate::{self, Options, Strategy};
+use crate::fed::global::{self, Global};
+use crate::fed::FedError;
+use crate::printer::{sanitize, Printer};
+
+pub fn fed(cmd: &FedCommand, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    match cmd {
+        FedCommand::Init(args) => init(args, printer),
+        FedCommand::Aggregate(args) => aggregate(args, printer),
+        FedCommand::Log(args) => log(args, printer),
+    }
+}
+
+fn init(args: &FedInitArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    let g = global::init(&args.model, &args.recipe, &args.out)
+        .context("Cannot start the federation")?;
+    if printer.json {
+        printer.json_out(&serde_json::json!({ "version": 0, "id": g.id, "dir": g.dir }))?;
+    } else {
+        printer.out(&format!("{}  v0  id {}", g.dir.display(), g.id))?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn aggregate(args: &FedAggregateArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    anyhow::ensure!(
+        (0.0..0.5).contains(&args.trim),
+        "--trim must be in [0, 0.5): the fraction cut at each end"
+    );
+    anyhow::ensure!(args.server_lr.is_finite(), "--server-lr must be a number");
+    let strategy = match args.strategy {
+        StrategyArg::Fedavg => Strategy::FedAvg,
+        StrategyArg::Median => Strategy::Median,
+        StrategyArg::TrimmedMean => Strategy::TrimmedMean(args.trim),
+        StrategyArg::Krum => Strategy::Krum {
+            malicious: args.krum_malicious,
+            keep: args.krum_keep,
+        },
+    };
+    let g = Global::open(&args.global).context("Cannot aggregate")?;
+    let total = std::fs::metadata(g.weights()).map(|m| m.len()).unwrap_or(0);
+    let bar = printer.bytes_bar(total, "aggregating");
+    let options = Options {
+        strategy,
+        clip_norm: args.clip_norm,
+        max_norm: args.max_norm,
+        server_lr: args.server_lr,
+        min_clients: args.min_clients,
+        max_staleness: args.max_staleness,
+        memory_budget: args.memory_budget_mb << 20,
+    };
+    let result = aggregate::aggregate(&g, &args.updates, &options, &args.out, &|n| bar.inc(n));
+    bar.finish_and_clear();
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e @ FedError::TooFewClients { .. }) => {
+            eprintln!("error: {e}");
+            return Ok(ExitStatus::CheckFailed);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("Cannot aggregate")),
+    };
+    if printer.json {
+        printer.json_out(&outcome)?;
+    } else {
+        for r in &outcome.rejected {
+            printer.warn(&sanitize(&format!("rejected {}: {}", r.update, r.reason)));
+        }
+        printer.out(&format!(
+            "{}  v{}  id {}  ({} accepted, {} rejected, parent {})",
+            args.out.display(),
+            outcome.version,
+            outcome.id,
+            outcome.accepted.len(),
+            outcome.rejected.len(),
+            &outcome.parent[..12]
+        ))?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn log(args: &FedLogArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    let g = Global::open(&args.dir)?;
+    g.check_files()?;
+    let l = &g.lineage;
+    let mut rows = l.history.clone();
+    rows.push(global::RoundSummary {
+        version: l.version,
+        id: g.id.clone(),
+        strategy: l.round.as_ref().map(|r| r.strategy.clone()),
+        accepted: l.round.as_ref().map_or(0, |r| r.accepted.len()),
+        rejected: l.round.as_ref().map_or(0, |r| r.rejected.len()),
+        examples: l
+            .round
+            .as_ref()
+            .map_or(0, |r| r.accepted.iter().map(|a| a.examples).sum()),
+    });
+    if printer.json {
+        printer.json_out(&rows)?;
+        return Ok(ExitStatus::Success);
+    }
+    let mut text = format!(
+        "{:<4} {:<12} {:<13} {:>8} {:>8} {:>9}\n",
+        "ver", "id", "strategy", "accepted", "rejected", "examples"
+    );
+    for r in &rows {
+        text.push_str(&sanitize(&format!(
+            "v{:<3} {:<12} {:<13} {:>8} {:>8} {:>9}",
+            r.version,
+            &r.id[..12],
+            r.strategy.as_deref().unwrap_or("(init)"),
+            r.accepted,
+            r.rejected,
+            r.examples
+        )));
+        text.push('\n');
+    }
+    printer.out(text.trim_end())?;
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,331 @@
+//! `fed init`, `fed aggregate`, `fed log`: aggregates equal Flower's own
+//! functions (the `flwr` package) on the same clients; order and threads do
+//! not change a byte; drifted and forged updates are turned away with their
+//! reason while the round completes.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// f32 tolerance against Flower: it sums in float32, we in f64; elements
+/// are O(1) and at most 8 clients, so the float32 sums differ by < 1e-5.
+const FLOWER_TOLERANCE: f32 = 2e-5;
+
+struct Fed {
+    dir: tempfile::TempDir,
+}
+
+impl Fed {
+    /// A synthetic model with odd shapes, made version 0.
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        run_py(
+            "fed_ref.py",
+            &[Path::new("model"), &dir.path().join("model")],
+        );
+        std::fs::write(dir.path().join("fed.toml"), "[fed]\nname = \"test\"\n").unwrap();
+        let v: Value = json_success(
+            edgeforge()
+                .args(["--json", "fed", "init"])
+                .arg(dir.path().join("model"))
+                .arg("--recipe")
+                .arg(dir.path().join("fed.toml"))
+                .arg("--out")
+                .arg(dir.path().join("v0")),
+        );
+        assert_eq!(v["version"], 0);
+        Self { dir }
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let v = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (name, v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn assert_close(ours: &Path, flower: &Path, what: &str) {
+    let (a, b) = (tensors(ours), tensors(flower));
+    assert_eq!(a.len(), b.len(), "{what}");
+    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        for (x, y) in va.iter().zip(vb) {
+            assert!(
+                (x - y).abs() <= FLOWER_TOLERANCE * (1.0 + y.abs()),
+                "{what}: {na}: ours {x}, Flower {y}"
+            );
+        }
+    }
+}
+
+fn aggregate(fed: &Fed, updates: &[PathBuf], out: &str, extra: &[&str]) -> std::process::Output {
+    edgeforge()
+        .args(["--json", "fed", "aggregate", "--global"])
+        .arg(fed.path("v0"))
+        .args(updates)
+        .arg("--out")
+        .arg(fed.path(out))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn updates(dir: &Path, n: usize) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| dir.join(format!("u{i}.safetensors")))
+        .collect()
+}
+
+#[test]
+fn aggregates_equal_flowers_and_do_not_depend_on_order_or_threads() {
+    let fed = Fed::new();
+    let ups = fed.path("updates");
+    run_py(
+        "fed_ref.py",
+        &[
+            Path::new("updates"),
+            &fed.path("v0"),
+            &ups,
+            Path::new("7"),
+            Path::new("3"),
+        ],
+    );
+    let clients = updates(&ups, 7);
+    for (strategy, args) in [
+        ("fedavg", vec!["--strategy", "fedavg"]),
+        ("median", vec!["--strategy", "median"]),
+        (
+            "trimmed-mean",
+            vec!["--strategy", "trimmed-mean", "--trim", "0.2"],
+        ),
+        ("krum", vec!["--strategy", "krum", "--krum-malicious", "1"]),
+        (
+            "multikrum",
+            vec![
+                "--strategy",
+                "krum",
+                "--krum-malicious",
+                "1",
+                "--krum-keep",
+                "3",
+            ],
+        ),
+    ] {
+        let out = aggregate(&fed, &clients, strategy, &args);
+        assert!(
+            out.status.success(),
+            "{strategy}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["accepted"].as_array().unwrap().len(), 7);
+        assert_close(
+            &fed.path(strategy).join("model/model.safetensors"),
+            &ups.join(format!("expected_{strategy}.safetensors")),
+            strategy,
+        );
+    }
+    // A client that trained only some tensors counts only for those.
+    let mut with_partial = clients.clone();
+    with_partial.push(ups.join("partial.safetensors"));
+    let out = aggregate(&fed, &with_partial, "partial", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_close(
+        &fed.path("partial/model/model.safetensors"),
+        &ups.join("expected_partial.safetensors"),
+        "partial",
+    );
+
+    // The same updates reversed, with one thread: the same bytes.
+    let mut reversed = clients.clone();
+    reversed.reverse();
+    let out = edgeforge()
+        .args(["--json", "--threads", "1", "fed", "aggregate", "--global"])
+        .arg(fed.path("v0"))
+        .args(&reversed)
+        .arg("--out")
+        .arg(fed.path("fedavg-again"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["lineage.json", "model/model.safetensors"] {
+        assert_eq!(
+            std::fs::read(fed.path("fedavg").join(file)).unwrap(),
+            std::fs::read(fed.path("fedavg-again").join(file)).unwrap(),
+            "{file}"
+        );
+    }
+
+    // Versions chain: v1 names v0 as parent, a round on v1 makes v2, `fed log` shows the chain.
+    let v0: Value =
+        serde_json::from_slice(&std::fs::read(fed.path("v0/lineage.json")).unwrap()).unwrap();
+    let v1: Value =
+        serde_json::from_slice(&std::fs::read(fed.path("fedavg/lineage.json")).unwrap()).unwrap();
+    assert!(v0["parent"].is_null());
+    let v0_id = sha256_hex(&std::fs::read(fed.path("v0/lineage.json")).unwrap());
+    assert_eq!(v1["parent"], v0_id.as_str());
+    assert_eq!(v1["round"]["strategy"], "fedavg");
+    let weights: f64 = v1["round"]["accepted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["weight"].as_f64().unwrap())
+        .sum();
+    assert!((weights - 1.0).abs() < 1e-5);
+    // Updates trained on v0 are one version stale against v1: refused, then
+    // accepted with --max-staleness 1 and down-weighted.
+    let on_v1 = |extra: &[&str], out: &str| {
+        edgeforge()
+            .args(["--json", "fed", "aggregate", "--global"])
+            .arg(fed.path("fedavg"))
+            .args(&clients[..3])
+            .arg("--out")
+            .arg(fed.path(out))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let stale = on_v1(&["--min-clients", "1"], "v2-strict");
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(!fed.path("v2-strict").exists());
+    let out = on_v1(&["--max-staleness", "1"], "v2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v2: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v2["accepted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["staleness"] == 1));
+    let log = edgeforge()
+        .args(["fed", "log"])
+        .arg(fed.path("v2"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&log.stdout);
+    assert!(log.status.success());
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[1].starts_with("v0") && lines[1].contains(&v0_id[..12]),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("v1") && lines[2].contains("fedavg"),
+        "{text}"
+    );
+    assert!(lines[3].starts_with("v2"), "{text}");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn drifted_and_forged_updates_are_rejected_with_their_reason_and_the_round_goes_on() {
+    let fed = Fed::new();
+    let ups = fed.path("updates");
+    run_py(
+        "fed_ref.py",
+        &[
+            Path::new("updates"),
+            &fed.path("v0"),
+            &ups,
+            Path::new("3"),
+            Path::new("5"),
+        ],
+    );
+    let bad = fed.path("bad");
+    run_py("fed_ref.py", &[Path::new("bad"), &fed.path("v0"), &bad]);
+    let cases = [
+        ("other-base", "version drift"),
+        ("other-tokenizer", "tokenizer"),
+        ("other-recipe", "recipe"),
+        ("unknown-tensor", "`z.extra` is not in the global model"),
+        ("other-shape", "shape [5, 7]"),
+        ("huge-norm", "above --max-norm"),
+        ("dup-1", "client `c-dup` sent 2 updates"),
+        ("dup-2", "client `c-dup` sent 2 updates"),
+        ("nan", "NaN or Inf in tensor `b.bias`"),
+        ("truncated", ""),
+    ];
+    let mut all = updates(&ups, 3);
+    all.extend(
+        cases
+            .iter()
+            .map(|(c, _)| bad.join(format!("{c}.safetensors"))),
+    );
+    let out = aggregate(
+        &fed,
+        &all,
+        "v1",
+        &["--max-norm", "50", "--min-clients", "3"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["accepted"].as_array().unwrap().len(), 3);
+    let rejected = v["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), cases.len());
+    for (case, reason) in cases {
+        let r = rejected
+            .iter()
+            .find(|r| r["update"] == format!("{case}.safetensors"))
+            .unwrap_or_else(|| panic!("{case} not rejected: {v}"));
+        assert!(
+            r["reason"].as_str().unwrap().contains(reason),
+            "{case}: {r}"
+        );
+    }
+    // The lineage lists them too.
+    let lineage: Value =
+        serde_json::from_slice(&std::fs::read(fed.path("v1/lineage.json")).unwrap()).unwrap();
+    assert_eq!(lineage["round"]["rejected"], v["rejected"]);
+    // Too few good updates: exit 1, no new version.
+    let out = aggregate(
+        &fed,
+        &all,
+        "v1b",
+        &["--max-norm", "50", "--min-clients", "4"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--min-clients is 4"));
+    assert!(!fed.path("v1b").exists());
+    // An existing version is never overwritten.
+    let out = aggregate(&fed, &all, "v1", &["--max-norm", "50"]);
+    assert_eq!(out.status.code(), Some(2));
+}
