@@ -114,6 +114,14 @@ pub enum Command {
 pub enum FedCommand {
     /// Make version 0 of a federation from a model folder and its recipe
     Init(FedInitArgs),
+    /// A client's round: train the global model on local text, write the deltas as an update
+    ///
+    /// Embedding distillation towards the recipe's teacher (the distill
+    /// trainer). The target's model budget decides what is trained: every
+    /// tensor on a laptop or a Raspberry Pi 5, only the top blocks and norms
+    /// on a small device (weights, gradients, AdamW state and activations of
+    /// the trained set must fit).
+    Train(FedTrainArgs),
     /// Check client updates against a global version and aggregate the accepted ones into the next
     ///
     /// Rejected updates (another base version, other tensors or shapes, another
@@ -137,6 +145,35 @@ pub struct FedInitArgs {
     /// The version folder to create
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+}
+
+/// `edgeforge fed train --global DIR --data LOCAL.txt --target T --out UPDATE`
+#[derive(Debug, Args)]
+pub struct FedTrainArgs {
+    /// The global version to start from
+    #[arg(long, value_name = "DIR")]
+    pub global: PathBuf,
+    /// Local text, one example per line (never leaves the device)
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// The device's target profile
+    #[arg(long, value_name = "T")]
+    pub target: String,
+    /// The update file to write
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// This client's id (recorded in the update and the lineage)
+    #[arg(long, value_name = "ID", default_value = "local")]
+    pub client: String,
+    /// Local optimizer steps (default: the recipe's train.steps)
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
+    /// Send int8 per-row deltas (4x smaller) instead of f32
+    #[arg(long)]
+    pub int8: bool,
+    /// Replace an existing update file
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The aggregation rule of `fed aggregate`.

@@ -2,16 +2,19 @@
 
 use anyhow::Context;
 
-use crate::cli::{FedAggregateArgs, FedCommand, FedInitArgs, FedLogArgs, StrategyArg};
+use crate::cli::{
+    FedAggregateArgs, FedCommand, FedInitArgs, FedLogArgs, FedTrainArgs, GlobalArgs, StrategyArg,
+};
 use crate::exit::ExitStatus;
 use crate::fed::aggregate::{self, Options, Strategy};
 use crate::fed::global::{self, Global};
 use crate::fed::FedError;
 use crate::printer::{sanitize, Printer};
 
-pub fn fed(cmd: &FedCommand, printer: &Printer) -> anyhow::Result<ExitStatus> {
+pub fn fed(cmd: &FedCommand, global: &GlobalArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
     match cmd {
         FedCommand::Init(args) => init(args, printer),
+        FedCommand::Train(args) => train(args, global, printer),
         FedCommand::Aggregate(args) => aggregate(args, printer),
         FedCommand::Log(args) => log(args, printer),
     }
@@ -24,6 +27,55 @@ fn init(args: &FedInitArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
         printer.json_out(&serde_json::json!({ "version": 0, "id": g.id, "dir": g.dir }))?;
     } else {
         printer.out(&format!("{}  v0  id {}", g.dir.display(), g.id))?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn train(
+    args: &FedTrainArgs,
+    global: &GlobalArgs,
+    printer: &Printer,
+) -> anyhow::Result<ExitStatus> {
+    let g = Global::open(&args.global).context("Cannot train")?;
+    let target = crate::target::load(&args.target, global.targets_dir.as_deref())?;
+    let bar = printer.steps_bar(0, "training");
+    let trained = crate::fed::train::train(
+        &crate::fed::train::Request {
+            global: &g,
+            data: &args.data,
+            target: &target,
+            client: &args.client,
+            out: &args.out,
+            int8: args.int8,
+            steps: args.steps,
+            force: args.force,
+        },
+        &|step, steps, loss| {
+            bar.set_length(steps as u64);
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {loss:.4}"));
+        },
+    )
+    .context("Cannot train")?;
+    bar.finish_and_clear();
+    if printer.json {
+        printer.json_out(&trained)?;
+    } else {
+        let t = &trained.trainable;
+        printer.out(&sanitize(&format!(
+            "{}  {} tensors from block {}{} ({} of {} budget), {} examples, {} steps, loss {:.4} -> {:.4}, {}",
+            args.out.display(),
+            trained.tensors,
+            t.first_layer,
+            if t.embeddings { " and the embeddings" } else { "" },
+            crate::units::human_bytes(t.bytes),
+            crate::units::human_bytes(t.budget),
+            trained.examples,
+            trained.steps,
+            trained.loss_first,
+            trained.loss_last,
+            crate::units::human_bytes(trained.bytes)
+        )))?;
     }
     Ok(ExitStatus::Success)
 }

@@ -47,6 +47,6 @@ pub fn dispatch(
         Command::Publish(args) => publish(&args, global, printer),
         Command::Pull(args) => pull(&args, printer),
         Command::Index(crate::cli::IndexCommand::Merge(args)) => index_merge(&args, printer),
-        Command::Fed(cmd) => fed(&cmd, printer),
+        Command::Fed(cmd) => fed(&cmd, global, printer),
     }
 }

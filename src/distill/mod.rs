@@ -323,7 +323,8 @@ pub fn run(
         let loss = train_step(
             &mut model,
             &mut optimizer,
-            &p,
+            &p.train,
+            &p.recipe.recipe.loss,
             indices,
             &train_targets,
             lr,
@@ -396,17 +397,19 @@ pub fn run(
 }
 
 /// One optimizer step on one batch; returns the batch loss.
-fn train_step(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_step(
     model: &mut BertEncoder,
     optimizer: &mut ModuleOptimizer,
-    p: &Prepared,
+    train: &Examples,
+    l: &recipe::LossSpec,
     indices: &[usize],
     targets: &TeacherOutputs,
     lr: f64,
     device: &Device,
 ) -> f32 {
     let batch = Batch {
-        ids: indices.iter().map(|&i| p.train.ids[i].clone()).collect(),
+        ids: indices.iter().map(|&i| train.ids[i].clone()).collect(),
     };
     let hidden = targets.hidden;
     let rows: Vec<f32> = indices
@@ -415,7 +418,6 @@ fn train_step(
         .collect();
     let target = Tensor::<2>::from_data(TensorData::new(rows, [indices.len(), hidden]), device);
     let pooled = model.pooled(&batch);
-    let l = &p.recipe.recipe.loss;
     let loss = embedding_loss(pooled, target, l.mse, l.cosine);
     let value = loss
         .clone()
@@ -441,13 +443,20 @@ fn embedding_loss(student: Tensor<2>, teacher: Tensor<2>, mse: f64, cosine: f64)
 /// whose examples are sorted by length (less padding, as Hugging Face's
 /// length-grouped sampler does), then the batches themselves shuffled.
 /// Any step's batch follows from the seed alone, which makes `--resume` exact.
-struct Batches {
+pub(crate) struct Batches {
     epoch: usize,
     batches: Vec<Vec<usize>>,
 }
 
 impl Batches {
-    fn for_step<'a>(
+    pub(crate) fn new() -> Self {
+        Self {
+            epoch: 0,
+            batches: Vec::new(),
+        }
+    }
+
+    pub(crate) fn for_step<'a>(
         &'a mut self,
         step: usize,
         size: usize,
@@ -483,7 +492,7 @@ fn shuffled(n: usize, seed: u64) -> Vec<usize> {
 }
 
 /// Learning rate at `step`: linear warm-up, then constant, linear or cosine decay to 0.
-fn lr_at(t: &recipe::TrainSpec, step: usize, steps: usize) -> f64 {
+pub(crate) fn lr_at(t: &recipe::TrainSpec, step: usize, steps: usize) -> f64 {
     if step < t.warmup_steps {
         return t.lr * (step + 1) as f64 / t.warmup_steps as f64;
     }
@@ -497,7 +506,11 @@ fn lr_at(t: &recipe::TrainSpec, step: usize, steps: usize) -> f64 {
 }
 
 /// Mean and minimum cosine between student and teacher embeddings.
-fn eval_cosine(student: &BertEncoder, eval: &Examples, targets: &TeacherOutputs) -> (f64, f64) {
+pub(crate) fn eval_cosine(
+    student: &BertEncoder,
+    eval: &Examples,
+    targets: &TeacherOutputs,
+) -> (f64, f64) {
     let h = targets.hidden;
     let rows = data::pooled_outputs(student, eval, h, &mut |_| {});
     let cosines: Vec<f64> = rows
@@ -607,7 +620,7 @@ fn write_model(
 }
 
 /// sha256 over the sorted files' names and contents.
-fn files_sha256(files: &[PathBuf]) -> Result<String, DistillError> {
+pub(crate) fn files_sha256(files: &[PathBuf]) -> Result<String, DistillError> {
     let mut h = Sha256::new();
     for f in files {
         let (_, sha) =

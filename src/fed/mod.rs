@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod global;
+pub mod train;
 pub mod update;
 
 use std::path::{Path, PathBuf};

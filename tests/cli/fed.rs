@@ -329,3 +329,163 @@ fn drifted_and_forged_updates_are_rejected_with_their_reason_and_the_round_goes_
     let out = aggregate(&fed, &all, "v1", &["--max-norm", "50"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Decoded deltas of an update (F32, or I8 × per-row `.scale`).
+fn deltas(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        if name.ends_with(".scale") {
+            continue;
+        }
+        let values: Vec<f32> = match view.dtype() {
+            safetensors::Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::I8 => {
+                let scale = st.tensor(&format!("{name}.scale")).unwrap();
+                let scales: Vec<f32> = scale
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+                let row = view.data().len() / scales.len();
+                view.data()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &q)| q as i8 as f32 * scales[i / row])
+                    .collect()
+            }
+            other => panic!("{name}: {other:?}"),
+        };
+        out.push((name, values));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn clients_train_what_their_device_affords_and_the_round_gives_a_model_the_engine_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |rel: &str| dir.path().join(rel);
+    let corpus = std::fs::read_to_string(fortunes().join("train.txt")).unwrap();
+    let lines: Vec<&str> = corpus.lines().collect();
+    std::fs::write(p("train.txt"), lines[..96].join("\n")).unwrap();
+    std::fs::write(p("eval.txt"), lines[96..128].join("\n")).unwrap();
+    std::fs::write(p("local.txt"), lines[200..264].join("\n")).unwrap();
+    std::fs::write(
+        p("fed.toml"),
+        format!(
+            "name = \"tiny\"\n[teacher]\nmodel = \"{}\"\n[student]\nlayers = [0, 2, 5]\n[data]\ntrain = \"{}\"\neval = \"{}\"\nmax_length = 64\n[train]\nlr = 1e-3\nwarmup_steps = 0\nschedule = \"constant\"\nbatch_size = 16\nsteps = 2\nseed = 1\n",
+            minilm().display(),
+            p("train.txt").display(),
+            p("eval.txt").display()
+        ),
+    )
+    .unwrap();
+    let ok = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    ok(edgeforge()
+        .args(["-q", "distill"])
+        .arg(p("fed.toml"))
+        .arg("--out")
+        .arg(p("run")));
+    ok(edgeforge()
+        .args(["fed", "init"])
+        .arg(p("run/model"))
+        .arg("--recipe")
+        .arg(p("fed.toml"))
+        .arg("--out")
+        .arg(p("v0")));
+    let train = |target: &str, out: &str, extra: &[&str]| {
+        let client = out.trim_end_matches("-again");
+        edgeforge()
+            .args(["--json", "fed", "train", "--global"])
+            .arg(p("v0"))
+            .arg("--data")
+            .arg(p("local.txt"))
+            .args([
+                "--target", target, "--client", client, "--steps", "3", "--out",
+            ])
+            .arg(p(out))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let parse = |o: std::process::Output| -> Value {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let pi5 = parse(train("rpi5-8gb", "pi5", &[]));
+    let zero = parse(train("rpi-zero-2w", "zero", &[]));
+    let zero8 = parse(train("rpi-zero-2w", "zero8", &["--int8"]));
+    // The Pi 5 trains everything; the Pi Zero 2 W (256 MiB) cannot afford the embedding tables.
+    assert_eq!(pi5["trainable"]["embeddings"], true);
+    assert_eq!(zero["trainable"]["embeddings"], false);
+    let names = |f: &str| {
+        deltas(&p(f))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>()
+    };
+    assert!(names("pi5").contains(&"embeddings.word_embeddings.weight".to_string()));
+    assert!(!names("zero").iter().any(|n| n.contains("word_embeddings")));
+    assert!(names("zero")
+        .iter()
+        .any(|n| n.starts_with("encoder.layer.2.")));
+    assert!(zero["loss_last"].as_f64().unwrap() < zero["loss_first"].as_f64().unwrap());
+    // The same training sent as int8: about 4x smaller, the same deltas within half a step.
+    assert!(zero8["bytes"].as_u64().unwrap() * 3 < zero["bytes"].as_u64().unwrap());
+    for ((n, a), (_, b)) in deltas(&p("zero")).iter().zip(deltas(&p("zero8"))) {
+        let amax = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= amax / 127.0, "{n}: {x} vs {y}");
+        }
+    }
+    // A microcontroller cannot train it at all: one clear line, no update.
+    let esp = train("esp32-s3-8mb", "esp", &[]);
+    assert_eq!(esp.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&esp.stderr).contains("cannot train this model"));
+    assert!(!p("esp").exists());
+    // The same client round again: the same bytes.
+    parse(train("rpi-zero-2w", "zero-again", &[]));
+    assert_eq!(
+        std::fs::read(p("zero")).unwrap(),
+        std::fs::read(p("zero-again")).unwrap()
+    );
+    // The round: a new version whose model the engine runs.
+    ok(edgeforge()
+        .args(["fed", "aggregate", "--global"])
+        .arg(p("v0"))
+        .args([p("pi5"), p("zero8")])
+        .arg("--out")
+        .arg(p("v1")));
+    let embed = ok(edgeforge()
+        .args(["--json", "run", "embed"])
+        .arg(p("v1/model"))
+        .args([
+            "--text",
+            "A cat sat on the mat.",
+            "--text",
+            "A dog lay on the rug.",
+            "--similarity",
+        ]));
+    let v: Value = serde_json::from_slice(&embed.stdout).unwrap();
+    assert_eq!(v["dimensions"], 384);
+    let sim = v["similarity"][0][1].as_f64().unwrap();
+    assert!(sim.is_finite() && sim.abs() < 1.0, "{v}");
+    assert_ne!(
+        std::fs::read(p("v0/model/model.safetensors")).unwrap(),
+        std::fs::read(p("v1/model/model.safetensors")).unwrap()
+    );
+}
