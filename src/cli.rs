@@ -132,6 +132,28 @@ pub enum FedCommand {
     Aggregate(FedAggregateArgs),
     /// Print the chain of versions that led to a global version
     Log(FedLogArgs),
+    /// Make an Ed25519 signing key for a client; prints its public key for clients.toml
+    Keygen(FedKeygenArgs),
+    /// Sign an update in place with a client's key
+    Sign(FedSignArgs),
+}
+
+/// `edgeforge fed keygen --out KEY`
+#[derive(Debug, Args)]
+pub struct FedKeygenArgs {
+    /// The secret key file to create (mode 0600; never overwritten)
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `edgeforge fed sign UPDATE --key KEY`
+#[derive(Debug, Args)]
+pub struct FedSignArgs {
+    /// The update to sign
+    pub update: PathBuf,
+    /// The client's secret key (from `fed keygen`)
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
 }
 
 /// `edgeforge fed init MODEL --recipe R --out DIR`
@@ -171,6 +193,9 @@ pub struct FedTrainArgs {
     /// Send int8 per-row deltas (4x smaller) instead of f32
     #[arg(long)]
     pub int8: bool,
+    /// Sign the update with this client's secret key (from `fed keygen`)
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
     /// Replace an existing update file
     #[arg(long)]
     pub force: bool,
@@ -223,6 +248,10 @@ pub struct FedAggregateArgs {
     /// Accept updates trained on one of the last S versions, down-weighted by (1 + s)^-0.5
     #[arg(long, value_name = "S", default_value_t = 0)]
     pub max_staleness: u64,
+    /// Trusted clients and their Ed25519 public keys: unsigned, badly signed
+    /// or unlisted updates are rejected
+    #[arg(long, value_name = "FILE")]
+    pub clients: Option<PathBuf>,
     /// Working-memory budget of the aggregation, in MiB
     #[arg(long, value_name = "MB", default_value_t = 4096)]
     pub memory_budget_mb: u64,

@@ -8,6 +8,7 @@ use crate::cli::{
 use crate::exit::ExitStatus;
 use crate::fed::aggregate::{self, Options, Strategy};
 use crate::fed::global::{self, Global};
+use crate::fed::sign;
 use crate::fed::FedError;
 use crate::printer::{sanitize, Printer};
 
@@ -17,6 +18,30 @@ pub fn fed(cmd: &FedCommand, global: &GlobalArgs, printer: &Printer) -> anyhow::
         FedCommand::Train(args) => train(args, global, printer),
         FedCommand::Aggregate(args) => aggregate(args, printer),
         FedCommand::Log(args) => log(args, printer),
+        FedCommand::Keygen(args) => {
+            let public = sign::keygen(&args.out).context("Cannot make a key")?;
+            if printer.json {
+                printer.json_out(&serde_json::json!({ "key": args.out, "public_key": public }))?;
+            } else {
+                printer.out(&format!(
+                    "{}  public key {public}\n(add to clients.toml: [[client]] id = \"...\" public_key = \"{public}\")",
+                    args.out.display()
+                ))?;
+            }
+            Ok(ExitStatus::Success)
+        }
+        FedCommand::Sign(args) => {
+            sign::sign(&args.update, &args.key).context("Cannot sign")?;
+            let public = sign::public_key(&args.key)?;
+            if printer.json {
+                printer.json_out(
+                    &serde_json::json!({ "update": args.update, "public_key": public }),
+                )?;
+            } else {
+                printer.out(&format!("{}  signed by {public}", args.update.display()))?;
+            }
+            Ok(ExitStatus::Success)
+        }
     }
 }
 
@@ -58,6 +83,9 @@ fn train(
     )
     .context("Cannot train")?;
     bar.finish_and_clear();
+    if let Some(key) = &args.key {
+        sign::sign(&args.out, key).context("Cannot sign the update")?;
+    }
     if printer.json {
         printer.json_out(&trained)?;
     } else {
@@ -106,6 +134,12 @@ fn aggregate(args: &FedAggregateArgs, printer: &Printer) -> anyhow::Result<ExitS
         min_clients: args.min_clients,
         max_staleness: args.max_staleness,
         memory_budget: args.memory_budget_mb << 20,
+        trusted: args
+            .clients
+            .as_deref()
+            .map(sign::Trusted::load)
+            .transpose()
+            .context("Cannot aggregate")?,
     };
     let result = aggregate::aggregate(&g, &args.updates, &options, &args.out, &|n| bar.inc(n));
     bar.finish_and_clear();

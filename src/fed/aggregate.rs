@@ -59,6 +59,8 @@ pub struct Options {
     pub max_staleness: u64,
     /// Refuse when the working memory bound exceeds this.
     pub memory_budget: u64,
+    /// When given, every update must be signed by its client's listed key.
+    pub trusted: Option<super::sign::Trusted>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -315,19 +317,27 @@ pub fn aggregate(
     let mut cands = Vec::new();
     for u in opened {
         let sent = per_client[&u.meta.client];
-        let checked = provenance_problem(&u, global, &weights, o.max_staleness).and_then(|s| {
-            if sent > 1 {
-                return Err(format!(
-                    "client `{}` sent {sent} updates this round",
-                    u.meta.client
-                ));
-            }
-            let norm = norm_of(&u)?;
-            match o.max_norm {
-                Some(m) if norm > m => Err(format!("delta norm {norm:.4} is above --max-norm {m}")),
-                _ => Ok((s, norm)),
-            }
-        });
+        let signed = match &o.trusted {
+            Some(t) => t.check(&u.meta.client, u.file()),
+            None => Ok(()),
+        };
+        let checked = signed
+            .and_then(|()| provenance_problem(&u, global, &weights, o.max_staleness))
+            .and_then(|s| {
+                if sent > 1 {
+                    return Err(format!(
+                        "client `{}` sent {sent} updates this round",
+                        u.meta.client
+                    ));
+                }
+                let norm = norm_of(&u)?;
+                match o.max_norm {
+                    Some(m) if norm > m => {
+                        Err(format!("delta norm {norm:.4} is above --max-norm {m}"))
+                    }
+                    _ => Ok((s, norm)),
+                }
+            });
         match checked {
             Ok((staleness, norm)) => cands.push(Candidate {
                 update: u,

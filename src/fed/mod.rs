@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod global;
+pub mod sign;
 pub mod train;
 pub mod update;
 

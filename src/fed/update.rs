@@ -177,6 +177,11 @@ impl Update {
         })
     }
 
+    /// The file itself (for the signature check).
+    pub fn file(&self) -> &SafetensorsFile {
+        &self.file
+    }
+
     /// The deltas `range` (elements, row-major) of tensor `t`, decoded into `out`.
     pub fn read(&self, t: &DeltaTensor, range: Range<usize>, out: &mut [f32]) {
         let bytes = self.file.data(&t.data);

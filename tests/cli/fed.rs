@@ -489,3 +489,108 @@ fn clients_train_what_their_device_affords_and_the_round_gives_a_model_the_engin
         std::fs::read(p("v1/model/model.safetensors")).unwrap()
     );
 }
+
+#[test]
+fn with_clients_toml_only_updates_signed_by_their_listed_key_are_accepted() {
+    let fed = Fed::new();
+    let ups = fed.path("updates");
+    run_py(
+        "fed_ref.py",
+        &[
+            Path::new("updates"),
+            &fed.path("v0"),
+            &ups,
+            Path::new("3"),
+            Path::new("9"),
+        ],
+    );
+    let keygen = |name: &str| -> String {
+        let v = json_success(
+            edgeforge()
+                .args(["--json", "fed", "keygen", "--out"])
+                .arg(fed.path(name)),
+        );
+        v["public_key"].as_str().unwrap().to_string()
+    };
+    let (k0, k1) = (keygen("k0"), keygen("k1"));
+    keygen("k2");
+    keygen("mallory");
+    // A key is never overwritten.
+    let again = edgeforge()
+        .args(["fed", "keygen", "--out"])
+        .arg(fed.path("k0"))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    let sign = |update: &Path, key: &str| {
+        json_success(
+            edgeforge()
+                .args(["--json", "fed", "sign"])
+                .arg(update)
+                .arg("--key")
+                .arg(fed.path(key)),
+        );
+    };
+    sign(&ups.join("u0.safetensors"), "k0");
+    sign(&ups.join("u1.safetensors"), "mallory"); // claims client-1, signed by another key
+    sign(&ups.join("u2.safetensors"), "k2"); // client-2 is not listed
+                                             // A signed update altered afterwards.
+    std::fs::copy(ups.join("u0.safetensors"), fed.path("altered.safetensors")).unwrap();
+    let mut bytes = std::fs::read(fed.path("altered.safetensors")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(fed.path("altered.safetensors"), bytes).unwrap();
+    std::fs::write(
+        fed.path("clients.toml"),
+        format!(
+            "[[client]]\nid = \"client-0\"\npublic_key = \"{k0}\"\n[[client]]\nid = \"client-1\"\npublic_key = \"{k1}\"\n[[client]]\nid = \"client-partial\"\npublic_key = \"{k1}\"\n"
+        ),
+    )
+    .unwrap();
+    let round = |updates: &[PathBuf], out: &str| {
+        edgeforge()
+            .args(["--json", "fed", "aggregate", "--global"])
+            .arg(fed.path("v0"))
+            .args(updates)
+            .arg("--clients")
+            .arg(fed.path("clients.toml"))
+            .arg("--out")
+            .arg(fed.path(out))
+            .output()
+            .unwrap()
+    };
+    let mut all = updates(&ups, 3);
+    all.push(ups.join("partial.safetensors"));
+    let out = round(&all, "v1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let accepted: Vec<&str> = v["accepted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["client"].as_str().unwrap())
+        .collect();
+    assert_eq!(accepted, ["client-0"]);
+    let reason = |client: &str| {
+        v["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["client"] == client)
+            .unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(reason("client-1").contains("bad signature"));
+    assert!(reason("client-2").contains("not in clients.toml"));
+    assert!(reason("client-partial").contains("unsigned"));
+    // The altered copy alone: rejected, so no version.
+    let out = round(&[fed.path("altered.safetensors")], "v1b");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!fed.path("v1b").exists());
+}
