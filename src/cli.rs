@@ -449,6 +449,10 @@ pub struct VerifyArgs {
     /// differing file and tensor
     #[arg(long, requires = "reference")]
     pub rebuild: bool,
+    /// Also check that the artifact was built from this federated global
+    /// version: the version it names, and its source files are that version's model
+    #[arg(long, value_name = "DIR")]
+    pub global: Option<PathBuf>,
 }
 
 /// `edgeforge distill RECIPE`

@@ -71,6 +71,11 @@ pub struct Variant {
     /// Projected generation speed (decoders) on the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_tokens_per_second: Option<f64>,
+    /// The federated global version it was built from (`fed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_id: Option<String>,
     pub verified: bool,
 }
 
@@ -534,6 +539,8 @@ pub fn variant_of(
         accuracy_delta: acc.and_then(|a| a.cosine_drop.or(a.perplexity_increase_pct)),
         latency_ms: projection.and_then(|p| p.latency_ms),
         decode_tokens_per_second: projection.and_then(|p| p.decode_tokens_per_second),
+        global_version: m.global.as_ref().map(|g| g.version),
+        global_id: m.global.as_ref().map(|g| g.id.clone()),
         verified,
     }
 }

@@ -25,9 +25,20 @@ pub struct Manifest {
     pub compatibility: Compatibility,
     /// Every payload file (the manifest itself excluded), sorted by path.
     pub files: Vec<FileEntry>,
+    /// The federated global version the source model is (`fed`), when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<GlobalRef>,
     /// Seconds since the epoch, only when `SOURCE_DATE_EPOCH` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<u64>,
+}
+
+/// A global version of a federation: `fed` lineage id and number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalRef {
+    pub version: u64,
+    pub id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

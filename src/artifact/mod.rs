@@ -179,6 +179,7 @@ pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
         },
         compatibility: compatibility_of(&model),
         quantization,
+        global: crate::fed::global::containing(input.reference.unwrap_or(input.model)),
         files,
         created: std::env::var("SOURCE_DATE_EPOCH")
             .ok()

@@ -135,6 +135,18 @@ pub fn verify(
         v.passed &= check.passed;
         v.checks.push(check);
     }
+    if let Some(dir) = &args.global {
+        let g = crate::fed::global::Global::open(dir).context("Cannot verify")?;
+        let (m, _) = check::read_manifest(&args.artifact)?;
+        let result = crate::fed::global::leads_to(m.global.as_ref(), &m.source.files, &g);
+        v.passed &= result.is_ok();
+        v.checks.push(check::Check {
+            kind: "lineage",
+            name: "global".into(),
+            passed: result.is_ok(),
+            detail: result.unwrap_or_else(|e| e),
+        });
+    }
     if let Some(path) = &args.junit {
         write_atomic(path, check::junit(&v).as_bytes(), Overwrite::Allow)?;
     }

@@ -44,6 +44,9 @@ pub mod key {
     pub const DECODE_TPS: &str = "dev.edgeforge.decode-tokens-per-second";
     /// What the variant was built from (`build --matrix`, `--cache`).
     pub const INPUTS: &str = "dev.edgeforge.inputs";
+    /// The federated global version the variant was built from (`fed`).
+    pub const GLOBAL_VERSION: &str = "dev.edgeforge.global-version";
+    pub const GLOBAL_ID: &str = "dev.edgeforge.global-id";
 }
 
 /// The tag each variant manifest is also pushed under, so `build --cache`

@@ -216,6 +216,10 @@ pub fn annotations(
     if let Some(i) = inputs {
         put(key::INPUTS, i.into());
     }
+    if let (Some(version), Some(id)) = (v.global_version, &v.global_id) {
+        put(key::GLOBAL_VERSION, version.to_string());
+        put(key::GLOBAL_ID, id.clone());
+    }
     a
 }
 
@@ -264,6 +268,13 @@ pub fn variant_from(d: &Descriptor) -> Result<Variant, String> {
         accuracy_delta: float(key::ACCURACY_DELTA)?,
         latency_ms: float(key::LATENCY_MS)?,
         decode_tokens_per_second: float(key::DECODE_TPS)?,
+        global_version: d
+            .annotations
+            .get(key::GLOBAL_VERSION)
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|_| format!("index entry {}: bad global version", d.digest))?,
+        global_id: d.annotations.get(key::GLOBAL_ID).cloned(),
         // Only artifacts that pass their integrity check are published.
         verified: true,
     })
@@ -287,6 +298,8 @@ mod tests {
             accuracy_delta: Some(0.001_234_5),
             latency_ms: None,
             decode_tokens_per_second: Some(41.7),
+            global_version: Some(3),
+            global_id: Some("ef".repeat(32)),
             verified: true,
         }
     }

@@ -150,6 +150,66 @@ impl Global {
     }
 }
 
+/// The global version whose `model/` folder `model` is, if it is one and
+/// its files still match the lineage (a changed copy claims nothing).
+pub fn containing(model: &Path) -> Option<crate::artifact::manifest::GlobalRef> {
+    let model = model.canonicalize().ok()?;
+    let dir = model.parent()?;
+    if model.file_name()? != MODEL_DIR || !dir.join(LINEAGE).exists() {
+        return None;
+    }
+    let g = Global::open(dir).ok()?;
+    g.check_files().ok()?;
+    Some(crate::artifact::manifest::GlobalRef {
+        version: g.lineage.version,
+        id: g.id,
+    })
+}
+
+/// Whether an artifact's source files are this version's model files and
+/// the version is the one it claims; the reason when not.
+pub fn leads_to(
+    claimed: Option<&crate::artifact::manifest::GlobalRef>,
+    source: &[FileEntry],
+    g: &Global,
+) -> Result<String, String> {
+    let claimed = claimed.ok_or("the artifact names no global version (not built from one)")?;
+    if claimed.id != g.id {
+        return Err(format!(
+            "the artifact claims global v{} {}, this folder is v{} {}",
+            claimed.version,
+            &claimed.id[..12.min(claimed.id.len())],
+            g.lineage.version,
+            &g.id[..12]
+        ));
+    }
+    g.check_files().map_err(|e| e.to_string())?;
+    for f in source {
+        let path = format!("{MODEL_DIR}/{}", f.path);
+        match g.lineage.files.iter().find(|e| e.path == path) {
+            Some(e) if e.sha256 == f.sha256 => {}
+            Some(_) => {
+                return Err(format!(
+                    "source file {} differs from the global's {path}",
+                    f.path
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "source file {} is not in the global version",
+                    f.path
+                ))
+            }
+        }
+    }
+    Ok(format!(
+        "built from global v{} {} ({} source files match its lineage)",
+        g.lineage.version,
+        &g.id[..12],
+        source.len()
+    ))
+}
+
 /// The file entries of a version folder (all but lineage.json), sorted.
 pub fn file_entries(dir: &Path) -> Result<Vec<FileEntry>, FedError> {
     let mut out = Vec::new();

@@ -488,6 +488,60 @@ fn clients_train_what_their_device_affords_and_the_round_gives_a_model_the_engin
         std::fs::read(p("v0/model/model.safetensors")).unwrap(),
         std::fs::read(p("v1/model/model.safetensors")).unwrap()
     );
+
+    // The fleet: building the new global records its version in every
+    // variant and in index.json; verify --global checks the claim.
+    std::fs::write(
+        p("release.toml"),
+        format!(
+            "[build]\nname = \"fleet\"\nversion = \"1.0.0\"\nmodel = \"{}\"\nformat = \"auto\"\ntargets = [\"rpi5-8gb\", \"coral-dev-board\"]\n",
+            p("v1/model").display()
+        ),
+    )
+    .unwrap();
+    ok(edgeforge()
+        .args(["-q", "build"])
+        .arg(p("release.toml"))
+        .arg("--dist")
+        .arg(p("dist")));
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(p("dist/index.json")).unwrap()).unwrap();
+    let v1_id = sha256_hex(&std::fs::read(p("v1/lineage.json")).unwrap());
+    for variant in index["variants"].as_array().unwrap() {
+        assert_eq!(variant["global_version"], 1, "{variant}");
+        assert_eq!(variant["global_id"], v1_id.as_str());
+    }
+    let verify = |global: &str| {
+        edgeforge()
+            .args(["--json", "verify"])
+            .arg(p("dist/fleet/1.0.0/rpi5-8gb"))
+            .arg("--global")
+            .arg(p(global))
+            .output()
+            .unwrap()
+    };
+    let good = verify("v1");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stdout)
+    );
+    let wrong = verify("v0");
+    assert_eq!(wrong.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&wrong.stdout).unwrap();
+    let lineage = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "lineage")
+        .unwrap();
+    assert!(
+        lineage["detail"]
+            .as_str()
+            .unwrap()
+            .contains("claims global v1"),
+        "{lineage}"
+    );
 }
 
 #[test]
