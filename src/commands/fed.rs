@@ -3,7 +3,8 @@
 use anyhow::Context;
 
 use crate::cli::{
-    FedAggregateArgs, FedCommand, FedInitArgs, FedLogArgs, FedTrainArgs, GlobalArgs, StrategyArg,
+    FedAggregateArgs, FedCommand, FedInitArgs, FedLogArgs, FedSimulateArgs, FedTrainArgs,
+    GlobalArgs, StrategyArg,
 };
 use crate::exit::ExitStatus;
 use crate::fed::aggregate::{self, Options, Strategy};
@@ -18,6 +19,7 @@ pub fn fed(cmd: &FedCommand, global: &GlobalArgs, printer: &Printer) -> anyhow::
         FedCommand::Train(args) => train(args, global, printer),
         FedCommand::Aggregate(args) => aggregate(args, printer),
         FedCommand::Log(args) => log(args, printer),
+        FedCommand::Simulate(args) => simulate(args, global, printer),
         FedCommand::Keygen(args) => {
             let public = sign::keygen(&args.out).context("Cannot make a key")?;
             if printer.json {
@@ -104,6 +106,82 @@ fn train(
             trained.loss_last,
             crate::units::human_bytes(trained.bytes)
         )))?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn simulate(
+    args: &FedSimulateArgs,
+    global: &GlobalArgs,
+    printer: &Printer,
+) -> anyhow::Result<ExitStatus> {
+    use crate::fed::simulate::{self, Poison};
+    let mut spec = simulate::load(&args.recipe)?;
+    spec.clients = args.clients.unwrap_or(spec.clients);
+    spec.rounds = args.rounds.unwrap_or(spec.rounds);
+    spec.non_iid = args.non_iid.unwrap_or(spec.non_iid);
+    spec.local_steps = args.local_steps.unwrap_or(spec.local_steps);
+    spec.strategy = args.strategy.clone().unwrap_or(spec.strategy);
+    spec.clip_norm = args.clip_norm.or(spec.clip_norm);
+    spec.int8 |= args.int8;
+    spec.baselines &= !args.no_baselines;
+    let poison = args
+        .poison
+        .as_deref()
+        .map(|p| -> anyhow::Result<(usize, Poison)> {
+            let (i, kind) = p
+                .split_once(':')
+                .context("--poison is I:scale or I:random")?;
+            let i: usize = i
+                .parse()
+                .context("--poison: the client index is a number")?;
+            anyhow::ensure!(
+                i < spec.clients,
+                "--poison: there are only {} clients",
+                spec.clients
+            );
+            let kind = match kind {
+                "scale" => Poison::Scale,
+                "random" => Poison::Random,
+                other => anyhow::bail!("--poison kind `{other}`: use scale or random"),
+            };
+            Ok((i, kind))
+        })
+        .transpose()?;
+    let bar = printer.steps_bar(0, "simulating");
+    let report = simulate::simulate(&simulate::Run {
+        recipe: &args.recipe,
+        out: &args.out,
+        spec,
+        poison,
+        targets_dir: global.targets_dir.as_deref(),
+        on_progress: &|stage: &str| {
+            bar.set_message(stage.to_string());
+            bar.tick();
+        },
+    })
+    .context("Cannot simulate")?;
+    bar.finish_and_clear();
+    if printer.json {
+        printer.json_out(&report)?;
+    } else {
+        let mut text = String::from("round  cosine  accepted  rejected  update bytes  seconds\n");
+        text.push_str(&format!("{:>5}  {:.4}\n", 0, report.initial_cosine));
+        for m in &report.rounds {
+            text.push_str(&format!(
+                "{:>5}  {:.4}  {:>8}  {:>8}  {:>12}  {:>7.1}\n",
+                m.round, m.cosine, m.accepted, m.rejected, m.update_bytes, m.seconds
+            ));
+        }
+        for (k, v) in simulate::summary(&report) {
+            text.push_str(&format!("{k}: {v}\n"));
+        }
+        text.push_str(&format!(
+            "{} in {:.0} s",
+            args.out.join("metrics.json").display(),
+            report.seconds
+        ));
+        printer.out(&text)?;
     }
     Ok(ExitStatus::Success)
 }

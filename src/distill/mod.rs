@@ -213,6 +213,40 @@ fn prepare(recipe_path: &Path) -> Result<Prepared, DistillError> {
     })
 }
 
+/// The recipe's untrained student (its layer subset or random init) as a
+/// model folder at `dir`: the starting point of a federation.
+pub fn initial_model(recipe_path: &Path, dir: &Path) -> Result<(), DistillError> {
+    let p = prepare(recipe_path)?;
+    let teacher = Model::open(&p.teacher_dir)?;
+    let weights = Weights::new(&teacher);
+    let student = student::initial_student(&p.recipe, &p.config, &weights, &Device::flex())?;
+    let config_json = student::student_config_json(&p.teacher_dir.join("config.json"), &p.config)?;
+    write_model(&p, &student, &config_json, dir)
+}
+
+/// Mean held-out cosine between the model in `dir` and the recipe's teacher
+/// on the recipe's eval texts (the teacher's outputs are cached).
+pub fn held_out_cosine(recipe_path: &Path, dir: &Path) -> Result<f64, DistillError> {
+    let p = prepare(recipe_path)?;
+    let teacher_model = Model::open(&p.teacher_dir)?;
+    let plain = Device::flex();
+    let teacher = BertEncoder::load(&p.teacher_config, &Weights::new(&teacher_model), &plain)?;
+    let key = data::cache_key(&p.teacher_sha256, &p.eval);
+    let (targets, _) = data::teacher_outputs(
+        &teacher,
+        &p.eval,
+        &key,
+        p.teacher_config.hidden_size,
+        |_| {},
+    )?;
+    let model = Model::open(dir)?;
+    let Architecture::Bert(config) = &model.architecture else {
+        return Err(DistillError::at(dir, "not a BERT-style encoder"));
+    };
+    let student = BertEncoder::load(config, &Weights::new(&model), &plain)?;
+    Ok(eval_cosine(&student, &p.eval, &targets).0)
+}
+
 /// Checks a recipe without training (`--check`): the errors `run` would give first.
 pub fn check(recipe_path: &Path) -> Result<(), DistillError> {
     prepare(recipe_path).map(|_| ())

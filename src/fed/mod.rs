@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod global;
 pub mod sign;
+pub mod simulate;
 pub mod train;
 pub mod update;
 

@@ -67,11 +67,13 @@ fn activation_bytes(c: &BertConfig, layers: usize, batch: usize, tokens: usize) 
 
 /// The largest trainable set that fits the target's model budget: all of
 /// it, then without the embedding tables, then fewer blocks from the top.
+/// `frozen_embeddings`: the recipe keeps the tables fixed for everyone.
 pub fn choose(
     c: &BertConfig,
     target: &Target,
     batch: usize,
     tokens: usize,
+    frozen_embeddings: bool,
 ) -> Result<Trainable, String> {
     let budget = target.model_budget_bytes();
     let layers = c.num_hidden_layers;
@@ -85,7 +87,8 @@ pub fn choose(
             + (total - trained) * BYTES_PER_FROZEN_PARAM
             + activation_bytes(c, trained_layers, batch, tokens)
     };
-    let options = std::iter::once((true, layers)).chain((1..=layers).rev().map(|k| (false, k)));
+    let all = std::iter::once((true, layers)).filter(|_| !frozen_embeddings);
+    let options = all.chain((1..=layers).rev().map(|k| (false, k)));
     for (with_embeddings, k) in options {
         let bytes = cost(with_embeddings, k);
         if bytes <= budget {
@@ -166,6 +169,7 @@ pub fn train(r: &Request, on_step: &dyn Fn(usize, usize, f32)) -> Result<Trained
         r.target,
         t.batch_size,
         recipe.recipe.data.max_length,
+        t.freeze_embeddings,
     )
     .map_err(fail(&recipe_path))?;
 

@@ -648,3 +648,91 @@ fn with_clients_toml_only_updates_signed_by_their_listed_key_are_accepted() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!fed.path("v1b").exists());
 }
+
+#[test]
+fn a_simulated_federation_is_reproduced_by_rerunning_its_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    // The shipped training recipe, measured on 40 held-out texts to keep the test short.
+    let training = dir.path().join("training.toml");
+    let shipped = std::fs::read_to_string(repo_root().join("recipes/fed-minilm-l3.toml")).unwrap();
+    assert!(shipped.contains("max_eval = 300"));
+    std::fs::write(
+        &training,
+        shipped.replace("max_eval = 300", "max_eval = 40"),
+    )
+    .unwrap();
+    let recipe = dir.path().join("sim.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[simulate]\ntraining = \"{}\"\ntopics = \"{}\"\neval = \"{}\"\nclients = 3\nrounds = 2\nlocal_steps = 1\nnon_iid = 0.3\ntargets = [\"rpi5-8gb\", \"rpi-zero-2w\", \"pixel-8\"]\nmax_examples = 150\nseed = 3\n",
+            training.display(),
+            fortunes().join("topics").display(),
+            fortunes().join("eval.txt").display()
+        ),
+    )
+    .unwrap();
+    let run = |out: &str| -> Value {
+        json_success(
+            edgeforge()
+                .args(["--json", "fed", "simulate"])
+                .arg(&recipe)
+                .arg("--out")
+                .arg(dir.path().join(out)),
+        )
+    };
+    let a = run("a");
+    assert_eq!(a["rounds"].as_array().unwrap().len(), 2);
+    for m in a["rounds"].as_array().unwrap() {
+        assert_eq!(m["accepted"], 3);
+    }
+    // Shards: non-empty, disjoint, none of them held out.
+    let eval: std::collections::BTreeSet<String> =
+        std::fs::read_to_string(fortunes().join("eval.txt"))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        let shard =
+            std::fs::read_to_string(dir.path().join(format!("a/shards/client-{i}.txt"))).unwrap();
+        assert!(!shard.trim().is_empty());
+        for line in shard.lines() {
+            assert!(!eval.contains(line), "held-out text in a shard");
+            assert!(seen.insert(line.to_string()), "a text in two shards");
+        }
+    }
+    // Three device classes, baselines measured, the plot drawn.
+    let targets: std::collections::BTreeSet<&str> = a["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets.len(), 3);
+    assert!(a["central_cosine"].as_f64().is_some() && a["best_alone_cosine"].as_f64().is_some());
+    assert!(a["federated_cosine"].as_f64().unwrap() > a["initial_cosine"].as_f64().unwrap());
+    let svg = std::fs::read_to_string(dir.path().join("a/rounds.svg")).unwrap();
+    assert!(svg.contains("federated") && svg.contains("central"));
+    // The same recipe again: the same table.
+    let b = run("b");
+    for key in [
+        "rounds",
+        "clients",
+        "initial_cosine",
+        "central_cosine",
+        "best_alone_cosine",
+    ] {
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            if let Some(rows) = v.as_array_mut() {
+                for r in rows {
+                    r.as_object_mut().map(|o| o.remove("seconds"));
+                }
+            }
+            v
+        };
+        assert_eq!(strip(&a[key]), strip(&b[key]), "{key}");
+    }
+}
