@@ -169,6 +169,9 @@ pub struct FedSimulateArgs {
     pub strategy: Option<String>,
     #[arg(long, value_name = "X")]
     pub clip_norm: Option<f64>,
+    /// The server's learning rate on the averaged delta
+    #[arg(long, value_name = "η")]
+    pub server_lr: Option<f64>,
     /// Clients send int8 updates
     #[arg(long)]
     pub int8: bool,

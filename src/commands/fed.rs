@@ -123,6 +123,7 @@ fn simulate(
     spec.local_steps = args.local_steps.unwrap_or(spec.local_steps);
     spec.strategy = args.strategy.clone().unwrap_or(spec.strategy);
     spec.clip_norm = args.clip_norm.or(spec.clip_norm);
+    spec.server_lr = args.server_lr.unwrap_or(spec.server_lr);
     spec.int8 |= args.int8;
     spec.baselines &= !args.no_baselines;
     let poison = args

@@ -47,6 +47,9 @@ pub struct SimSpec {
     pub strategy: String,
     #[serde(default)]
     pub clip_norm: Option<f64>,
+    /// The server's step on the averaged delta (FedOpt's server learning rate).
+    #[serde(default = "one")]
+    pub server_lr: f64,
     #[serde(default)]
     pub int8: bool,
     /// Use at most this many training texts in all.
@@ -63,6 +66,9 @@ fn default_strategy() -> String {
 }
 fn yes() -> bool {
     true
+}
+fn one() -> f64 {
+    1.0
 }
 
 /// A client whose updates are replaced before aggregation.
@@ -213,7 +219,8 @@ fn shards(
     Ok(out)
 }
 
-fn strategy_of(name: &str, path: &Path) -> Result<Strategy, FedError> {
+/// Krum variants assume one malicious client; Multi-Krum keeps the rest.
+fn strategy_of(name: &str, clients: usize, path: &Path) -> Result<Strategy, FedError> {
     Ok(match name {
         "fedavg" => Strategy::FedAvg,
         "median" => Strategy::Median,
@@ -224,7 +231,7 @@ fn strategy_of(name: &str, path: &Path) -> Result<Strategy, FedError> {
         },
         "multi-krum" => Strategy::Krum {
             malicious: 1,
-            keep: 3,
+            keep: clients.saturating_sub(1).max(1),
         },
         other => {
             return Err(FedError::at(
@@ -288,7 +295,7 @@ pub fn simulate(r: &Run) -> Result<Report, FedError> {
     let started = Instant::now();
     let s = &r.spec;
     let training = resolve(r.recipe, &s.training)?;
-    let strategy = strategy_of(&s.strategy, r.recipe)?;
+    let strategy = strategy_of(&s.strategy, s.clients, r.recipe)?;
     if r.out.exists() {
         return Err(FedError::at(
             r.out,
@@ -390,7 +397,7 @@ pub fn simulate(r: &Run) -> Result<Report, FedError> {
                 strategy: strategy.clone(),
                 clip_norm: s.clip_norm,
                 max_norm: None,
-                server_lr: 1.0,
+                server_lr: s.server_lr,
                 min_clients: 1,
                 max_staleness: 0,
                 memory_budget: 8 << 30,
