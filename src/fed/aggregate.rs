@@ -176,6 +176,7 @@ fn norm_of(u: &Update) -> Result<f64, String> {
             let end = (start + CHUNK).min(n);
             let b = &mut buf[..end - start];
             u.read(t, start..end, b);
+            u.release(t, start..end);
             for &v in b.iter() {
                 if !v.is_finite() {
                     return Err(format!("NaN or Inf in tensor `{}`", t.name));
@@ -237,7 +238,10 @@ fn krum_choice(cands: &[Candidate], clip: &[f64], malicious: usize, keep: usize)
             for (k, t) in tensors.iter().enumerate() {
                 let b = &mut bufs[k][..end - start];
                 match t {
-                    Some(t) => cands[k].update.read(t, start..end, b),
+                    Some(t) => {
+                        cands[k].update.read(t, start..end, b);
+                        cands[k].update.release(t, start..end);
+                    }
                     None => b.fill(0.0),
                 }
             }
@@ -275,6 +279,61 @@ fn krum_choice(cands: &[Candidate], clip: &[f64], malicious: usize, keep: usize)
     }
     order.sort();
     order
+}
+
+/// FedAvg of one chunk, streaming: one update at a time is added into f64
+/// accumulators, in sha256 order (the same sums as `combine`, element by
+/// element, without gathering every update's chunk first).
+fn weighted_mean(
+    carriers: &[(usize, &DeltaTensor)],
+    cands: &[Candidate],
+    weight: &[f64],
+    clip: &[f64],
+    start: usize,
+    len: usize,
+) -> Vec<f64> {
+    let mut acc = vec![0f64; len];
+    let mut buf = vec![0f32; len];
+    for (i, d) in carriers {
+        let update = &cands[*i].update;
+        update.read(d, start..start + len, &mut buf);
+        update.release(d, start..start + len);
+        let (c, w) = (clip[*i], weight[*i]);
+        for (a, &v) in acc.iter_mut().zip(&buf) {
+            *a += v as f64 * c * w;
+        }
+    }
+    let total: f64 = carriers.iter().map(|(i, _)| weight[*i]).sum();
+    acc.iter_mut().for_each(|a| *a /= total);
+    acc
+}
+
+/// Median or trimmed mean of one chunk: every carrier's values at once.
+fn coordinate_wise(
+    strategy: &Strategy,
+    carriers: &[(usize, &DeltaTensor)],
+    cands: &[Candidate],
+    weight: &[f64],
+    clip: &[f64],
+    start: usize,
+    len: usize,
+) -> Vec<f64> {
+    let mut bufs = vec![0f32; carriers.len() * len];
+    for (k, (i, d)) in carriers.iter().enumerate() {
+        let update = &cands[*i].update;
+        update.read(d, start..start + len, &mut bufs[k * len..(k + 1) * len]);
+        update.release(d, start..start + len);
+    }
+    let w: Vec<f64> = carriers.iter().map(|(i, _)| weight[*i]).collect();
+    let mut values = vec![0f64; carriers.len()];
+    (0..len)
+        .map(|j| {
+            for (k, (i, _)) in carriers.iter().enumerate() {
+                values[k] = bufs[k * len + j] as f64 * clip[*i];
+            }
+            combine(strategy, &mut values, &w)
+        })
+        .collect()
 }
 
 /// Runs one round into `out` (a new folder).
@@ -452,22 +511,15 @@ pub fn aggregate(
             .for_each(|(c, out_chunk)| {
                 let start = c * CHUNK;
                 let len = out_chunk.len() / 4;
-                let mut bufs = vec![0f32; carriers.len() * len];
-                for (k, (i, d)) in carriers.iter().enumerate() {
-                    cands[*i]
-                        .update
-                        .read(d, start..start + len, &mut bufs[k * len..(k + 1) * len]);
-                }
-                let w: Vec<f64> = carriers.iter().map(|(i, _)| weight[*i]).collect();
-                let mut values = vec![0f64; carriers.len()];
-                for j in 0..len {
-                    for (k, (i, _)) in carriers.iter().enumerate() {
-                        values[k] = bufs[k * len + j] as f64 * clip[*i];
-                    }
-                    let agg = combine(&o.strategy, &mut values, &w);
+                let agg = if matches!(o.strategy, Strategy::FedAvg | Strategy::Krum { .. }) {
+                    weighted_mean(&carriers, &cands, &weight, &clip, start, len)
+                } else {
+                    coordinate_wise(&o.strategy, &carriers, &cands, &weight, &clip, start, len)
+                };
+                for (j, a) in agg.iter().enumerate() {
                     let b = &mut out_chunk[j * 4..j * 4 + 4];
                     let g = f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64;
-                    b.copy_from_slice(&((g + o.server_lr * agg) as f32).to_le_bytes());
+                    b.copy_from_slice(&((g + o.server_lr * a) as f32).to_le_bytes());
                 }
             });
         stream

@@ -182,6 +182,16 @@ impl Update {
         &self.file
     }
 
+    /// Lets go of the mapped pages behind elements `range` of `t` once read
+    /// (see `SafetensorsFile::release`): aggregating a thousand updates keeps
+    /// one chunk of each resident, not every byte read.
+    pub fn release(&self, t: &DeltaTensor, range: Range<usize>) {
+        let width = if t.scale.is_some() { 1 } else { 4 };
+        let base = t.data.range.start;
+        self.file
+            .release(base + range.start * width..base + range.end * width);
+    }
+
     /// The deltas `range` (elements, row-major) of tensor `t`, decoded into `out`.
     pub fn read(&self, t: &DeltaTensor, range: Range<usize>, out: &mut [f32]) {
         let bytes = self.file.data(&t.data);
@@ -197,12 +207,19 @@ impl Update {
             Some(scale_entry) => {
                 let scales = self.file.data(scale_entry);
                 let row_len = t.row_len();
-                for (k, o) in out.iter_mut().enumerate() {
-                    let i = range.start + k;
+                // Row by row: one scale per run of codes.
+                let mut i = range.start;
+                let mut out = out.iter_mut();
+                while i < range.end {
                     let r = i / row_len;
+                    let row_end = ((r + 1) * row_len).min(range.end);
                     let s =
                         f32::from_le_bytes(scales[r * 4..r * 4 + 4].try_into().expect("4 bytes"));
-                    *o = bytes[i] as i8 as f32 * s;
+                    // Codes first: zip stops on them without taking an extra output slot.
+                    for (&q, o) in bytes[i..row_end].iter().zip(&mut out) {
+                        *o = q as i8 as f32 * s;
+                    }
+                    i = row_end;
                 }
             }
         }

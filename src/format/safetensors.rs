@@ -107,6 +107,33 @@ impl SafetensorsFile {
         })
     }
 
+    /// Drops the mapped pages of `range` (bytes of the file) from this
+    /// process: they stay in the page cache and come back from the file if
+    /// touched again. Lets a reader stream through many large files without
+    /// its resident set growing with everything it has read.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        if let FileBytes::Mapped(map) = &self.bytes {
+            // Whole pages inside the range only: a page shared with the next
+            // range is left for that range's release.
+            let page = 4096;
+            let start = range.start.div_ceil(page) * page;
+            let end = (range.end / page * page).min(map.len());
+            if end > start {
+                // SAFETY: the map is read-only and file-backed, so MADV_DONTNEED
+                // only drops this process's copies; later reads fault the same
+                // bytes back in from the file. No reference into the range is
+                // held across this call by the callers (they copy values out).
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+    }
+
     /// Validates a whole file's bytes without keeping them (fuzzing).
     pub fn validate(path: &Path, bytes: &[u8]) -> Result<usize, SafetensorsError> {
         parse_header(path, bytes).map(|(_, tensors, _)| tensors.len())
