@@ -470,15 +470,7 @@ pub fn aggregate(
     )
     .map_err(|e| FedError::at(&global.dir, e.to_string()))?;
     let out_weights = staged.path().join(global::WEIGHTS);
-    let specs: Vec<TensorSpec> = weights
-        .tensors()
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-        })
-        .collect();
+    let specs: Vec<TensorSpec> = weights.tensors().iter().map(TensorSpec::from).collect();
     let mut stream =
         SafetensorsStream::create(&out_weights, &specs, weights.metadata(), Overwrite::Allow)
             .map_err(|e| FedError::at(&out_weights, e.message))?;

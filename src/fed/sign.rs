@@ -80,15 +80,7 @@ pub fn sign(path: &Path, key: &Path) -> Result<(), FedError> {
     let signature = key.sign(&message(&file));
     let mut metadata = file.metadata().clone();
     metadata.insert(SIGNATURE.into(), hex::encode(signature.to_bytes()));
-    let specs: Vec<TensorSpec> = file
-        .tensors()
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-        })
-        .collect();
+    let specs: Vec<TensorSpec> = file.tensors().iter().map(TensorSpec::from).collect();
     let mut stream = SafetensorsStream::create(path, &specs, &metadata, Overwrite::Allow)
         .map_err(|e| FedError::at(path, e.message))?;
     for t in file.tensors() {

@@ -314,6 +314,17 @@ pub struct TensorSpec {
     pub shape: Vec<usize>,
 }
 
+impl From<&TensorEntry> for TensorSpec {
+    /// The same tensor declared again (rewriting a file with new metadata or data).
+    fn from(t: &TensorEntry) -> Self {
+        Self {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+        }
+    }
+}
+
 impl TensorSpec {
     /// Bytes this tensor occupies, or `None` on overflow / sub-byte remainder.
     pub fn n_bytes(&self) -> Option<usize> {
