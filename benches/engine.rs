@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use edgeforge::engine::{Batch, Engine, Network};
+use edgeforge::engine::{Engine, Network, Precision};
 use edgeforge::model::Model;
 
 const SEQ: usize = 128;
@@ -47,22 +47,31 @@ fn main() {
     let threads = rayon::current_num_threads();
     let minilm = Model::open(&models().join("minilm"))
         .expect("minilm: run ../shared/models/fetch.sh minilm");
-    let engine = Engine::load(&minilm).unwrap();
-    let Network::Encoder(encoder) = &engine.network else {
-        unreachable!()
-    };
-    for batch in [1usize, 32] {
-        let input = Batch {
-            ids: vec![bert_ids(); batch],
+    // `EDGEFORGE_BENCH=int8` (say) runs only the rows whose label has it (for perf).
+    let only = std::env::var("EDGEFORGE_BENCH").unwrap_or_default();
+    for precision in [Precision::F32, Precision::Int8] {
+        if !precision.name().contains(&only) {
+            continue;
+        }
+        let engine = Engine::load_with(&minilm, precision).unwrap();
+        let Network::Encoder(encoder) = &engine.network else {
+            unreachable!()
         };
-        let runs = if batch == 1 { 21 } else { 5 };
-        let s = median_seconds(runs, || {
-            let _ = encoder.embed(&input).into_data();
-        });
-        println!(
-            "minilm seq={SEQ} batch={batch} threads={threads}: {:.1} ms",
-            s * 1e3
-        );
+        for batch in [1usize, 32] {
+            let input = vec![bert_ids(); batch];
+            let runs = if batch == 1 { 21 } else { 5 };
+            let s = median_seconds(runs, || {
+                let _ = encoder.embed(&input);
+            });
+            println!(
+                "minilm {} seq={SEQ} batch={batch} threads={threads}: {:.1} ms",
+                precision.name(),
+                s * 1e3
+            );
+        }
+    }
+    if !only.is_empty() && !"smollm2".contains(&only) {
+        return;
     }
     let smollm2 =
         Model::open(&models().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")).expect("smollm2");

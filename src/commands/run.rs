@@ -4,7 +4,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::cli::{EmbedArgs, GenerateArgs, RunCommand};
-use crate::engine::{peak_rss_bytes, Engine, Sampling};
+use crate::engine::{peak_rss_bytes, Engine, Precision, Sampling};
 use crate::exit::ExitStatus;
 use crate::model::Model;
 use crate::printer::Printer;
@@ -18,9 +18,9 @@ pub fn run(cmd: &RunCommand, printer: &Printer) -> anyhow::Result<ExitStatus> {
     }
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<Engine> {
+fn load(path: &std::path::Path, precision: Precision) -> anyhow::Result<Engine> {
     let model = Model::open(path).context("Cannot run")?;
-    let engine = Engine::load(&model).context("Cannot run")?;
+    let engine = Engine::load_with(&model, precision).context("Cannot run")?;
     tracing::info!("loaded {} in {:.2} s", path.display(), engine.load_seconds);
     Ok(engine)
 }
@@ -38,6 +38,8 @@ struct EmbedReport<'a> {
     model: &'a std::path::Path,
     texts: &'a [String],
     dimensions: usize,
+    /// Arithmetic of the linear layers: f32 or int8.
+    precision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     embeddings: Option<&'a [Vec<f32>]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,7 +63,12 @@ fn embed(args: &EmbedArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
         !texts.is_empty(),
         "Nothing to embed: give --text or a non-empty --file"
     );
-    let engine = load(&args.model)?;
+    let precision = if args.int8 {
+        Precision::Int8
+    } else {
+        Precision::F32
+    };
+    let engine = load(&args.model, precision)?;
     let started = std::time::Instant::now();
     let vectors = engine.embed(&texts).context("Cannot run")?;
     let embed_seconds = started.elapsed().as_secs_f64();
@@ -70,6 +77,7 @@ fn embed(args: &EmbedArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
         model: &args.model,
         texts: &texts,
         dimensions: vectors.first().map_or(0, Vec::len),
+        precision: precision.name(),
         embeddings: (!args.similarity).then_some(vectors.as_slice()),
         similarity,
         load_seconds: engine.load_seconds,
@@ -133,7 +141,7 @@ fn generate(args: &GenerateArgs, printer: &Printer) -> anyhow::Result<ExitStatus
         args.top_p > 0.0 && args.top_p <= 1.0,
         "--top-p must be in (0, 1]"
     );
-    let engine = load(&args.model)?;
+    let engine = load(&args.model, Precision::F32)?;
     let sampling = Sampling {
         temperature: args.temperature,
         top_k: args.top_k,

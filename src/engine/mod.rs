@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod bert;
+pub mod encoder;
 pub mod llama;
 pub mod sample;
 pub mod tokenizer;
@@ -13,11 +14,11 @@ pub mod weights;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::model::{Architecture, Model};
 pub use bert::{Batch, BertEncoder};
+pub use encoder::{Encoder, Precision};
 pub use llama::{KvCache, LlamaDecoder};
 pub use sample::{Sampler, Sampling};
 pub use tokenizer::TextTokenizer;
@@ -53,7 +54,7 @@ pub enum EngineError {
 
 /// The network of a loaded model.
 pub enum Network {
-    Encoder(BertEncoder),
+    Encoder(Encoder),
     Decoder(LlamaDecoder),
 }
 
@@ -77,13 +78,21 @@ pub struct Generation {
 }
 
 impl Engine {
-    /// Loads weights (decoded to f32) and the tokenizer of an opened model.
+    /// Loads weights and the tokenizer of an opened model (encoders in f32).
     pub fn load(model: &Model) -> Result<Self, EngineError> {
+        Self::load_with(model, Precision::F32)
+    }
+
+    /// As `load`, with the encoder's linear layers in `precision`.
+    pub fn load_with(model: &Model, precision: Precision) -> Result<Self, EngineError> {
         let started = Instant::now();
-        let device = Device::flex();
         let weights = Weights::new(model);
         let network = match &model.architecture {
-            Architecture::Bert(c) => Network::Encoder(BertEncoder::load(c, &weights, &device)?),
+            Architecture::Bert(c) => Network::Encoder(Encoder::build(
+                c,
+                &|name, shape| weights.get(name, shape),
+                precision,
+            )?),
             Architecture::Llama(c) => Network::Decoder(LlamaDecoder::load(c, &weights)?),
             Architecture::Other { name } => {
                 return Err(EngineError::Unsupported {
@@ -112,9 +121,8 @@ impl Engine {
 
     /// Bytes of weights the network holds resident.
     pub fn weight_bytes(&self) -> u64 {
-        use burn::module::Module;
         match &self.network {
-            Network::Encoder(e) => e.num_params() as u64 * 4,
+            Network::Encoder(e) => e.weight_bytes() as u64,
             Network::Decoder(d) => d.weight_bytes() as u64,
         }
     }
@@ -132,19 +140,8 @@ impl Engine {
             .iter()
             .map(|t| self.tokenizer.encode(t))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in ids.chunks(32) {
-            let emb = encoder.embed(&Batch {
-                ids: chunk.to_vec(),
-            });
-            let [_, h] = emb.dims();
-            let flat = emb
-                .into_data()
-                .try_into_vec::<f32>()
-                .expect("f32 embeddings");
-            out.extend(flat.chunks_exact(h).map(<[f32]>::to_vec));
-        }
-        Ok(out)
+        // Batches of 32 bound the activations' memory.
+        Ok(ids.chunks(32).flat_map(|c| encoder.embed(c)).collect())
     }
 
     /// Generates up to `max_tokens` after `prompt`, calling `on_text` with each

@@ -4,12 +4,19 @@
 //! our logits follow llama.cpp's arithmetic: 8-bit blocks of 32 (`Q8_0`/
 //! `Q8_1`) for the legacy formats, of 256 (`Q8_K`) for the K-quants. F16,
 //! BF16 and anything else are decoded to f32 once at load.
+//!
+//! Encoders run many tokens through each layer at once: `dense` holds their
+//! linear layers (f32 GEMM or `int8` per-channel weights × per-token
+//! activations) and `math` the element-wise work between them.
 
 pub mod activation;
 mod avx2;
 mod avx2_k;
+pub mod dense;
 pub mod dot;
+pub mod int8;
 pub mod kblocks;
+pub mod math;
 mod neon;
 
 use rayon::prelude::*;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::engine::{peak_rss_bytes, Batch, Engine, EngineError, Network};
+use crate::engine::{peak_rss_bytes, Engine, EngineError, Network};
 use crate::model::Model;
 
 /// Latency of one encoder input length.
@@ -83,14 +83,12 @@ pub fn measure(
     match &engine.network {
         Network::Encoder(encoder) => {
             for &len in lengths {
-                let batch = Batch {
-                    ids: vec![ids(len, vocab)],
-                };
-                let _ = encoder.embed(&batch).into_data();
+                let batch = vec![ids(len, vocab)];
+                let _ = encoder.embed(&batch);
                 let mut times: Vec<f64> = (0..runs)
                     .map(|_| {
                         let t = Instant::now();
-                        let _ = encoder.embed(&batch).into_data();
+                        let _ = encoder.embed(&batch);
                         tick();
                         t.elapsed().as_secs_f64() * 1e3
                     })

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use edgeforge::engine::{Engine, Network};
+use edgeforge::engine::{Engine, Network, Precision};
 use edgeforge::model::Model;
 
 use crate::common::{edgeforge, foreign_gguf, json_success, minilm, refs_dir, smollm2_gguf};
@@ -112,6 +112,63 @@ fn minilm_fp32_embeddings_match_the_fp64_reference_to_cosine_0_99999() {
     }
 }
 
+fn reference_texts() -> Vec<String> {
+    let r = reference("minilm_reference.json");
+    let mut texts: Vec<String> = r["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["text"].as_str().unwrap().to_string())
+        .collect();
+    // Longer inputs too: int8 error grows with depth and length.
+    texts.push("Quantization lowers the precision of a network's weights and activations so that it runs faster and fits into the memory of small devices, at the price of a small error that has to be measured against the original model on real inputs.".into());
+    texts.push("The quick brown fox jumps over the lazy dog; 1234 5678, naïve café — ok?".into());
+    texts
+}
+
+#[test]
+fn minilm_int8_path_stays_within_cosine_0_999_of_fp32() {
+    let model = Model::open(&minilm()).unwrap();
+    let texts = reference_texts();
+    let f32_engine = Engine::load(&model).unwrap();
+    let int8_engine = Engine::load_with(&model, Precision::Int8).unwrap();
+    // The int8 engine really holds int8 weights: linears are most of MiniLM
+    // after its embedding tables.
+    assert!(int8_engine.weight_bytes() * 10 < f32_engine.weight_bytes() * 7);
+    let a = f32_engine.embed(&texts).unwrap();
+    let b = int8_engine.embed(&texts).unwrap();
+    let mut worst = 1f64;
+    for (x, y) in a.iter().zip(&b) {
+        let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let y: Vec<f64> = y.iter().map(|&v| f64::from(v)).collect();
+        worst = worst.min(cosine(&x, &y));
+    }
+    assert!(worst >= 0.999, "worst cosine int8 vs f32: {worst}");
+    assert!(worst < 0.999_999, "int8 gave f32's vectors: {worst}");
+}
+
+#[test]
+fn minilm_embeddings_are_the_same_bits_at_one_and_two_threads() {
+    let model = Model::open(&minilm()).unwrap();
+    let texts = reference_texts();
+    for precision in [Precision::F32, Precision::Int8] {
+        let engine = Engine::load_with(&model, precision).unwrap();
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let v = pool.install(|| engine.embed(&texts).unwrap());
+            v.concat().iter().map(|f| f.to_bits()).collect::<Vec<_>>()
+        };
+        assert!(
+            on(1) == on(2),
+            "{} differs between 1 and 2 threads",
+            precision.name()
+        );
+    }
+}
+
 #[test]
 fn run_embed_similarity_reproduces_the_published_matrix_to_4_decimals() {
     let report = json_success(
@@ -139,6 +196,27 @@ fn run_embed_similarity_reproduces_the_published_matrix_to_4_decimals() {
                 "similarity[{i}][{j}] = {got}, want {w}"
             );
         }
+    }
+}
+
+#[test]
+fn run_embed_int8_reports_its_precision_and_keeps_the_similarities() {
+    let report = json_success(
+        edgeforge()
+            .args(["--json", "run", "embed", "--int8", "--similarity"])
+            .arg(minilm())
+            .args(["--text", "The weather is lovely today."])
+            .args(["--text", "It's so sunny outside!"])
+            .args(["--text", "He drove to the stadium."]),
+    );
+    assert_eq!(report["precision"], "int8");
+    let published = [(0, 1, 0.6660), (0, 2, 0.1046), (1, 2, 0.1411)];
+    for (i, j, w) in published {
+        let got = report["similarity"][i][j].as_f64().unwrap();
+        assert!(
+            (got - w).abs() < 0.005,
+            "similarity[{i}][{j}] = {got}, want {w}"
+        );
     }
 }
 
