@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use super::weights::Dense;
 use super::EngineError;
 use crate::engine::bert::TensorSource;
-use crate::kernels::dense::{small_gemm, Linear};
+use crate::kernels::dense::{small_gemm, Linear, SharedOut};
 use crate::kernels::math::{add_layer_norm, gelu_inplace, softmax_inplace};
 use crate::model::BertConfig;
 
@@ -165,8 +165,7 @@ impl Encoder {
             layer.attn_out.forward(&ctx, n, &mut y);
             residual_norm(&mut y, &x, &layer.attn_norm, c.layer_norm_eps as f32, h);
             std::mem::swap(&mut x, &mut y);
-            layer.up.forward(&x, n, &mut up);
-            up.par_chunks_mut(16 * 1024).for_each(gelu_inplace);
+            layer.up.forward_then(&x, n, &mut up, gelu_inplace);
             layer.down.forward(&up, n, &mut y);
             residual_norm(&mut y, &x, &layer.out_norm, c.layer_norm_eps as f32, h);
             std::mem::swap(&mut x, &mut y);
@@ -255,18 +254,4 @@ fn residual_norm(y: &mut [f32], residual: &[f32], norm: &Norm, eps: f32, h: usiz
                 add_layer_norm(y, r, &norm.gamma, &norm.beta, eps);
             }
         });
-}
-
-/// The context buffer, shared by attention tasks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint elements (see `attention`).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the buffer (see `attention`).
-        unsafe { self.0.add(offset) }
-    }
 }

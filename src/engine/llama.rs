@@ -198,7 +198,7 @@ impl LlamaDecoder {
         let scale = 1.0 / (hd as f32).sqrt();
         let mut ctx = vec![0f32; n * q_w];
         // One task per (position, head); each writes its own slice of `ctx`.
-        ctx.par_chunks_mut(hd).enumerate().for_each(|(task, out)| {
+        let head_task = |(task, out): (usize, &mut [f32])| {
             let (t, head) = (task / heads, task % heads);
             let kvh = head / group;
             let qh: Vec<f32> = q[t * q_w + head * hd..][..hd]
@@ -224,7 +224,13 @@ impl LlamaDecoder {
                 let w = to_f16(s / total);
                 out.iter_mut().zip(vp).for_each(|(o, &v)| *o += w * v);
             }
-        });
+        };
+        // With one thread, no hand-off to the pool (see kernels::for_row_chunks).
+        if rayon::current_num_threads() == 1 {
+            ctx.chunks_mut(hd).enumerate().for_each(head_task);
+        } else {
+            ctx.par_chunks_mut(hd).enumerate().for_each(head_task);
+        }
         ctx
     }
 

@@ -22,7 +22,13 @@ use rayon::prelude::*;
 
 use std::cell::RefCell;
 
-use super::math::{quantize_i8, quantize_i8_within};
+use super::math::{quantize_i8, quantize_i8_groups};
+
+/// Work done on finished outputs while they are in cache (e.g. GELU).
+pub type Epilogue = fn(&mut [f32]);
+
+/// No epilogue.
+pub fn keep(_: &mut [f32]) {}
 
 /// Output rows per panel.
 const PANEL: usize = 16;
@@ -101,11 +107,20 @@ impl Int8Matrix {
     }
 
     /// `out[t, r] = sum_c self[r, c] * x[t, c] + bias[r]` for `n` rows of `x`.
-    pub fn matmul(&self, x: &[f32], n: usize, bias: &[f32], out: &mut [f32]) {
-        self.matmul_with(Kernel::detect(), x, n, bias, out);
+    /// Then `then` on each finished output row.
+    pub fn matmul(&self, x: &[f32], n: usize, bias: &[f32], out: &mut [f32], then: Epilogue) {
+        self.matmul_with(Kernel::detect(), x, n, bias, out, then);
     }
 
-    fn matmul_with(&self, kernel: Kernel, x: &[f32], n: usize, bias: &[f32], out: &mut [f32]) {
+    fn matmul_with(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        n: usize,
+        bias: &[f32],
+        out: &mut [f32],
+        then: Epilogue,
+    ) {
         assert_eq!(x.len(), n * self.cols);
         assert_eq!(out.len(), n * self.rows);
         assert_eq!(bias.len(), self.rows);
@@ -130,6 +145,7 @@ impl Int8Matrix {
                         .enumerate()
                     {
                         self.finish(&acts, t0 + t, s, bias, o);
+                        then(o);
                     }
                 });
             });
@@ -181,13 +197,9 @@ impl Int8Rows {
             .zip(x.par_chunks(cols))
             .with_min_len(TOKENS_PER_TASK)
             .for_each(|(((q, d), outliers), x)| {
-                for (g, (xg, qg)) in x.chunks(GROUP).zip(q.chunks_exact_mut(GROUP)).enumerate() {
-                    let (dg, any) = quantize_i8_within(xg, &mut qg[..xg.len()], OUTLIER);
-                    d[g] = dg;
-                    if any {
-                        let big = xg.iter().enumerate().filter(|(_, v)| v.abs() > OUTLIER);
-                        outliers.extend(big.map(|(i, &v)| (g * GROUP + i, v)));
-                    }
+                if quantize_i8_groups(x, &mut q[..x.len()], d, GROUP, OUTLIER) {
+                    let big = x.iter().enumerate().filter(|(_, v)| v.abs() > OUTLIER);
+                    outliers.extend(big.map(|(k, &v)| (k, v)));
                 }
             });
         rows
@@ -496,7 +508,7 @@ mod tests {
                 let mut want = vec![0f32; tn * w.rpad];
                 portable(&w, &a, 0, tn, &mut want);
                 let mut want_out = vec![0f32; tn * rows];
-                w.matmul_with(Kernel::Portable, &x, tn, &bias, &mut want_out);
+                w.matmul_with(Kernel::Portable, &x, tn, &bias, &mut want_out, keep);
                 for kernel in Kernel::available() {
                     let name = kernel.name();
                     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
@@ -508,7 +520,7 @@ mod tests {
                         "{name} at {rows}x{cols}, {tn} tokens"
                     );
                     let mut out = vec![0f32; tn * rows];
-                    w.matmul_with(kernel, &x, tn, &bias, &mut out);
+                    w.matmul_with(kernel, &x, tn, &bias, &mut out, keep);
                     assert_eq!(bits(&out), bits(&want_out), "{name} outputs");
                 }
             }
@@ -527,7 +539,7 @@ mod tests {
         let bias: Vec<f32> = (0..rows).map(|r| r as f32 * 0.01).collect();
         let w = Int8Matrix::quantize(&wf, rows, cols);
         let mut got = vec![0f32; n * rows];
-        w.matmul(&x, n, &bias, &mut got);
+        w.matmul(&x, n, &bias, &mut got, keep);
         let a = Int8Rows::quantize(&x, n, cols, w.kpad);
         assert_eq!(a.outliers[1], vec![(7, -8.0)]);
         for t in 0..n {

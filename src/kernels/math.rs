@@ -181,33 +181,37 @@ vectorized! {
 }
 
 vectorized! {
-    /// As `quantize_i8` over the values with `|x| <= limit`; larger ones get
-    /// code 0 and are left to the caller. Returns `d` and whether any was larger.
-    quantize_i8_within(x: &[f32], q: &mut [i8], limit: f32) -> (f32, bool) {
-        let mut amax = [0f32; 8];
-        let mut over = [false; 8];
-        let chunks = x.chunks_exact(8);
-        let tail = chunks.remainder();
-        for c in chunks {
-            for i in 0..8 {
-                let a = c[i].abs();
-                over[i] |= a > limit;
-                amax[i] = amax[i].max(if a > limit { 0.0 } else { a });
+    /// `quantize_i8` over each `group` of `x` (scales into `d`), leaving out
+    /// values with `|x| > limit`: code 0, for the caller to handle. Returns
+    /// whether there were any.
+    quantize_i8_groups(x: &[f32], q: &mut [i8], d: &mut [f32], group: usize, limit: f32) -> bool {
+        let mut any = false;
+        for ((x, q), d) in x.chunks(group).zip(q.chunks_mut(group)).zip(d) {
+            let mut amax = [0f32; 8];
+            let mut over = [false; 8];
+            let chunks = x.chunks_exact(8);
+            let tail = chunks.remainder();
+            for c in chunks {
+                for i in 0..8 {
+                    let a = c[i].abs();
+                    over[i] |= a > limit;
+                    amax[i] = amax[i].max(if a > limit { 0.0 } else { a });
+                }
+            }
+            let mut m = amax.iter().fold(0f32, |m, &v| m.max(v));
+            any |= over.iter().any(|&o| o);
+            for v in tail {
+                let a = v.abs();
+                any |= a > limit;
+                m = m.max(if a > limit { 0.0 } else { a });
+            }
+            *d = m / 127.0;
+            let inv = if m > 0.0 { 127.0 / m } else { 0.0 };
+            for (q, &v) in q.iter_mut().zip(x) {
+                *q = if v.abs() > limit { 0 } else { rounded_i8(v * inv) };
             }
         }
-        let mut amax = amax.iter().fold(0f32, |m, &v| m.max(v));
-        let mut any = over.iter().any(|&o| o);
-        for v in tail {
-            let a = v.abs();
-            any |= a > limit;
-            amax = amax.max(if a > limit { 0.0 } else { a });
-        }
-        let d = amax / 127.0;
-        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        for (q, &v) in q.iter_mut().zip(x) {
-            *q = if v.abs() > limit { 0 } else { rounded_i8(v * inv) };
-        }
-        (d, any)
+        any
     }
 }
 
@@ -282,12 +286,12 @@ mod tests {
         for (&v, &c) in x.iter().zip(&q) {
             assert_eq!(i32::from(c), (v / d).round() as i32, "{v}");
         }
-        let (d, any) = quantize_i8_within(&x, &mut q, 6.0);
-        assert!(any);
-        assert_eq!(d, 2.0 / 127.0);
+        let mut d = [0f32; 2];
+        assert!(quantize_i8_groups(&x, &mut q, &mut d, 5, 6.0));
+        assert_eq!(d, [2.0 / 127.0, 2.0 / 127.0]);
         assert_eq!(q[5], 0);
         assert_eq!((q[2], q[7]), (127, -127));
-        assert!(!quantize_i8_within(&x[..5], &mut q[..5], 6.0).1);
+        assert!(!quantize_i8_groups(&x[..5], &mut q[..5], &mut d, 5, 6.0));
     }
 
     #[test]
