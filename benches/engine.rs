@@ -47,10 +47,12 @@ fn main() {
     let threads = rayon::current_num_threads();
     let minilm = Model::open(&models().join("minilm"))
         .expect("minilm: run ../shared/models/fetch.sh minilm");
-    // `EDGEFORGE_BENCH=int8` (say) runs only the rows whose label has it (for perf).
+    // `EDGEFORGE_BENCH="int8 seq=128 batch=1"` (say) runs only the rows
+    // whose label has it (for perf).
     let only = std::env::var("EDGEFORGE_BENCH").unwrap_or_default();
     for precision in [Precision::F32, Precision::Int8] {
-        if !precision.name().contains(&only) {
+        let label = |batch: usize| format!("minilm {} seq={SEQ} batch={batch}", precision.name());
+        if ![1, 32].iter().any(|&b| label(b).contains(&only)) {
             continue;
         }
         let engine = Engine::load_with(&minilm, precision).unwrap();
@@ -58,19 +60,18 @@ fn main() {
             unreachable!()
         };
         for batch in [1usize, 32] {
+            if !label(batch).contains(&only) {
+                continue;
+            }
             let input = vec![bert_ids(); batch];
             let runs = if batch == 1 { 21 } else { 5 };
             let s = median_seconds(runs, || {
                 let _ = encoder.embed(&input);
             });
-            println!(
-                "minilm {} seq={SEQ} batch={batch} threads={threads}: {:.1} ms",
-                precision.name(),
-                s * 1e3
-            );
+            println!("{} threads={threads}: {:.1} ms", label(batch), s * 1e3);
         }
     }
-    if !only.is_empty() && !"smollm2".contains(&only) {
+    if !"smollm2 prefill decode".contains(&only) {
         return;
     }
     let smollm2 =

@@ -153,6 +153,12 @@ impl Encoder {
 
     /// Last-layer states of every token, sequences one after the other: `[tokens, hidden]`.
     pub fn hidden_states(&self, seqs: &[Vec<u32>]) -> Vec<f32> {
+        // On a pool thread, every parallel loop inside starts without a
+        // hand-off to the pool and a wait (one per forward instead of ~50).
+        rayon::scope(|_| self.forward_on_pool(seqs))
+    }
+
+    fn forward_on_pool(&self, seqs: &[Vec<u32>]) -> Vec<f32> {
         let c = &self.config;
         let (h, f) = (c.hidden_size, c.intermediate_size);
         let n: usize = seqs.iter().map(Vec::len).sum();

@@ -124,27 +124,28 @@ impl Int8Matrix {
         assert_eq!(x.len(), n * self.cols);
         assert_eq!(out.len(), n * self.rows);
         assert_eq!(bias.len(), self.rows);
-        let acts = Int8Rows::quantize(x, n, self.cols, self.kpad);
         let per_token = self.rpad;
         thread_local! {
             /// Sums of one task, reused: a fresh vector per task was 10% of
             /// the forward in page faults and zeroing.
             static SUMS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
         }
+        // Each task quantizes its own tokens: no pass over all activations
+        // (and no wait for it) before the products start.
         out.par_chunks_mut(TOKENS_PER_TASK * self.rows)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let t0 = task * TOKENS_PER_TASK;
+            .zip(x.par_chunks(TOKENS_PER_TASK * self.cols))
+            .for_each(|(out, x)| {
                 let tn = out.len() / self.rows;
+                let acts = Int8Rows::quantize(x, tn, self.cols, self.kpad);
                 SUMS.with_borrow_mut(|sums| {
                     sums.resize(TOKENS_PER_TASK * per_token, 0.0);
-                    kernel.run(self, &acts, t0, tn, sums);
+                    kernel.run(self, &acts, 0, tn, sums);
                     for (t, (o, s)) in out
                         .chunks_exact_mut(self.rows)
                         .zip(sums.chunks_exact(per_token))
                         .enumerate()
                     {
-                        self.finish(&acts, t0 + t, s, bias, o);
+                        self.finish(&acts, t, s, bias, o);
                         then(o);
                     }
                 });
@@ -190,18 +191,18 @@ impl Int8Rows {
             d: vec![0.0; n * groups],
             outliers: vec![Vec::new(); n],
         };
-        rows.q
-            .par_chunks_mut(kpad)
-            .zip(rows.d.par_chunks_mut(groups))
-            .zip(rows.outliers.par_iter_mut())
-            .zip(x.par_chunks(cols))
-            .with_min_len(TOKENS_PER_TASK)
-            .for_each(|(((q, d), outliers), x)| {
-                if quantize_i8_groups(x, &mut q[..x.len()], d, GROUP, OUTLIER) {
-                    let big = x.iter().enumerate().filter(|(_, v)| v.abs() > OUTLIER);
-                    outliers.extend(big.map(|(k, &v)| (k, v)));
-                }
-            });
+        for (((q, d), outliers), x) in rows
+            .q
+            .chunks_mut(kpad)
+            .zip(rows.d.chunks_mut(groups))
+            .zip(rows.outliers.iter_mut())
+            .zip(x.chunks(cols))
+        {
+            if quantize_i8_groups(x, &mut q[..x.len()], d, GROUP, OUTLIER) {
+                let big = x.iter().enumerate().filter(|(_, v)| v.abs() > OUTLIER);
+                outliers.extend(big.map(|(k, &v)| (k, v)));
+            }
+        }
         rows
     }
 
