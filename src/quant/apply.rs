@@ -140,26 +140,14 @@ fn encode(
         ),
         None => src,
     };
-    let enc =
-        quant::quantize(scheme, &src, row).map_err(|e| format!("Tensor `{}`: {e}", t.name))?;
-    let error = match quant::ggml_type(scheme) {
-        // Block formats decode chunk by chunk (chunks hold whole blocks).
-        Some(ty) => ErrorStats::between_decoded(&src, |start, out| {
-            let from = ty
-                .bytes_for(start as u64)
-                .expect("offset within the tensor") as usize;
-            let to = ty
-                .bytes_for((start + out.len()) as u64)
-                .expect("offset within the tensor") as usize;
-            quant::dequantize(ty, &enc.data[from..to], out).expect("whole blocks, checked lengths");
-        }),
-        None => {
-            let mut back = vec![0f32; src.len()];
-            quant::decode(scheme, &enc, row, &mut back)
-                .map_err(|e| format!("Tensor `{}`: {e}", t.name))?;
-            ErrorStats::between(&src, &back)
-        }
-    };
+    let fail = |e: quant::QuantError| format!("Tensor `{}`: {e}", t.name);
+    if let Some(measured) = quant::quantize_measured(scheme, &src, row).map_err(fail)? {
+        return Ok(measured);
+    }
+    let enc = quant::quantize(scheme, &src, row).map_err(fail)?;
+    let mut back = vec![0f32; src.len()];
+    quant::decode(scheme, &enc, row, &mut back).map_err(fail)?;
+    let error = ErrorStats::between(&src, &back);
     Ok((enc, error))
 }
 

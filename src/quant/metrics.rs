@@ -16,12 +16,16 @@ pub struct ErrorStats {
     pub max_abs_err: f64,
 }
 
-const CHUNK: usize = 1 << 14;
+/// Elements per partial sum.
+pub(crate) const CHUNK: usize = 1 << 14;
+
+/// Sum, sum of squares, squared error and largest error of one chunk.
+pub(crate) type Partial = (f64, f64, f64, f64);
 
 /// Sum, sum of squares, squared error and largest error of one chunk, in
 /// eight independent f64 lanes (one serial chain was 4 cycles per weight,
 /// half of a Q4_0 quantization), combined in a fixed order.
-fn chunk_sums(a: &[f32], b: &[f32]) -> (f64, f64, f64, f64) {
+pub(crate) fn chunk_sums(a: &[f32], b: &[f32]) -> Partial {
     const LANES: usize = 8;
     let (mut sum, mut sig, mut noise, mut max) =
         ([0f64; LANES], [0f64; LANES], [0f64; LANES], [0f64; LANES]);
@@ -62,25 +66,8 @@ impl ErrorStats {
         Self::combine(&partials, orig.len())
     }
 
-    /// As [`between`](Self::between), with the reconstruction made chunk by
-    /// chunk: `decode(start, out)` fills `out` with elements `start..` of it.
-    /// The same chunks and sums, so the same figures, without a
-    /// whole-tensor buffer (its memset and page faults were 10% of a Q4_0
-    /// quantization). Chunks are 16384 elements: whole blocks of every format.
-    pub fn between_decoded(orig: &[f32], decode: impl Fn(usize, &mut [f32]) + Sync) -> Self {
-        let partials: Vec<(f64, f64, f64, f64)> = orig
-            .par_chunks(CHUNK)
-            .enumerate()
-            .map_init(Vec::new, |buf, (i, a)| {
-                buf.resize(a.len(), 0f32);
-                decode(i * CHUNK, buf);
-                chunk_sums(a, buf)
-            })
-            .collect();
-        Self::combine(&partials, orig.len())
-    }
-
-    fn combine(partials: &[(f64, f64, f64, f64)], len: usize) -> Self {
+    /// The figures from partial sums, combined in the order given.
+    pub(crate) fn combine(partials: &[Partial], len: usize) -> Self {
         let (sum, sig, noise, max) = partials
             .iter()
             .fold((0.0, 0.0, 0.0, 0.0), |(u, s, n, m), &(a, b, c, d)| {
@@ -108,26 +95,32 @@ mod tests {
     use super::*;
     use crate::format::gguf::GgmlType;
 
-    /// Decoding chunk by chunk gives exactly the figures of a whole decode.
+    /// Measuring while encoding gives `quantize`'s bytes and the figures of
+    /// a whole decode afterwards (to f64 rounding: the partial sums split
+    /// differently).
     #[test]
-    fn chunked_decode_gives_the_same_figures() {
+    fn measured_quantization_gives_the_same_bytes_and_figures() {
         let n = 2 * CHUNK + 3 * 256;
         let x: Vec<f32> = (0..n)
             .map(|i| ((i * 2654435761usize) % 1000) as f32 / 1000.0 - 0.5)
             .collect();
-        for scheme in ["Q4_0", "Q6_K"] {
+        for (scheme, row) in [("Q4_0", 96), ("Q6_K", 256), ("Q8_0", 32 * 7)] {
             let s: crate::quant::Scheme = scheme.parse().unwrap();
             let ty: GgmlType = crate::quant::ggml_type(s).unwrap();
-            let enc = crate::quant::quantize(s, &x, 256).unwrap();
-            let mut back = vec![0f32; n];
+            let x = &x[..n / row * row];
+            let enc = crate::quant::quantize(s, x, row).unwrap();
+            let mut back = vec![0f32; x.len()];
             crate::quant::dequantize(ty, &enc.data, &mut back).unwrap();
-            let whole = ErrorStats::between(&x, &back);
-            let chunked = ErrorStats::between_decoded(&x, |start, out| {
-                let from = ty.bytes_for(start as u64).unwrap() as usize;
-                let to = ty.bytes_for((start + out.len()) as u64).unwrap() as usize;
-                crate::quant::dequantize(ty, &enc.data[from..to], out).unwrap();
-            });
-            assert_eq!(whole, chunked, "{scheme}");
+            let whole = ErrorStats::between(x, &back);
+            let (menc, measured) = crate::quant::quantize_measured(s, x, row).unwrap().unwrap();
+            assert_eq!(menc.data, enc.data, "{scheme}");
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1e-30);
+            assert!(
+                close(whole.rmse, measured.rmse),
+                "{scheme}: {whole:?} {measured:?}"
+            );
+            assert!(close(whole.sqnr_db, measured.sqnr_db), "{scheme}");
+            assert_eq!(whole.max_abs_err, measured.max_abs_err, "{scheme}");
             assert!(whole.rmse > 0.0);
         }
     }

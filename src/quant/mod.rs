@@ -20,6 +20,7 @@ use rayon::prelude::*;
 pub use scheme::{Scheme, UnknownScheme};
 
 use crate::format::gguf::GgmlType;
+use metrics::{chunk_sums, ErrorStats, Partial, CHUNK};
 
 /// A kernel could not run.
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +194,50 @@ pub fn quantize(scheme: Scheme, src: &[f32], row_len: usize) -> Result<Encoded, 
             })
         }
     }
+}
+
+/// Encodes a tensor in a GGUF block format and measures its error in the
+/// same pass: each task decodes the blocks it has just written and sums the
+/// error while its input is still in cache (a second pass over the tensor
+/// re-read it from memory). Partial sums per `CHUNK` within each task, in
+/// order: the same figures at any thread count. Other schemes: `None`.
+pub fn quantize_measured(
+    scheme: Scheme,
+    src: &[f32],
+    row_len: usize,
+) -> Result<Option<(Encoded, ErrorStats)>, QuantError> {
+    let Some(ty) = ggml_type(scheme) else {
+        return Ok(None);
+    };
+    if !supports_row(scheme, row_len as u64) || !src.len().is_multiple_of(row_len) {
+        return Err(QuantError::RowNotBlockMultiple {
+            scheme: scheme.name(),
+            row_len,
+            block: block_elems(scheme),
+        });
+    }
+    let task = rows_per_task(row_len) * row_len;
+    let (be, bb) = (ty.block_elems() as usize, ty.block_bytes() as usize);
+    let mut data = vec![0u8; src.len() / be * bb];
+    let partials: Vec<Vec<Partial>> = data
+        .par_chunks_mut(task / be * bb)
+        .zip(src.par_chunks(task))
+        .map_init(Vec::new, |back, (out, x)| {
+            encode_blocks(scheme, x, out);
+            back.resize(x.len(), 0f32);
+            dequantize(ty, out, back).expect("whole blocks, checked lengths");
+            x.chunks(CHUNK)
+                .zip(back.chunks(CHUNK))
+                .map(|(a, b)| chunk_sums(a, b))
+                .collect()
+        })
+        .collect();
+    let error = ErrorStats::combine(&partials.concat(), src.len());
+    let enc = Encoded {
+        data,
+        ..Encoded::default()
+    };
+    Ok(Some((enc, error)))
 }
 
 /// Encodes whole blocks of `x` into `out`, on the widest SIMD the CPU has.
