@@ -25,11 +25,12 @@ pub const Q6_K_BYTES: usize = 210;
 /// Below this, a group is treated as all zeros (ggml's GROUP_MAX_EPS).
 const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// Round to nearest, ties to even, as ggml's `nearest_int` (its float trick
-/// rounds in the FPU's default mode).
+/// Round to nearest, ties to even, with ggml's `nearest_int` float trick
+/// (valid for |x| < 2^22, which ggml asserts): integer ops only, so loops
+/// over it vectorize (a saturating `as i32` cast does not).
 #[inline(always)]
 fn nearest_int(x: f32) -> i32 {
-    x.round_ties_even() as i32
+    ((x + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 /// The largest magnitude and the value that has it (first on ties).
@@ -133,7 +134,7 @@ fn make_qkx2_quants(
         l[..n].fill(0);
         return (0.0, -min);
     }
-    let mut iscale = nmax as f32 / (max - min);
+    let iscale = nmax as f32 / (max - min);
     let mut scale = 1.0 / iscale;
     let mut best_error = 0f32;
     for i in 0..n {
@@ -142,36 +143,59 @@ fn make_qkx2_quants(
         let diff = scale * q as f32 + min - x[i];
         best_error += weights[i] * if use_mad { diff.abs() } else { diff * diff };
     }
-    let mut aux = [0u8; 32];
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
-        for i in 0..n {
-            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            aux[i] = q as u8;
-            let (w, q) = (weights[i], q as f32);
-            sum_l += w * q;
-            sum_l2 += w * q * q;
-            sum_xl += w * q * x[i];
+    // The candidate scales run LANES at a time, one per lane: each
+    // candidate's sums keep ggml's sequential order over the weights (the
+    // same f32 results), and the compiler vectorizes across candidates.
+    const LANES: usize = 8;
+    let range = max - min;
+    for first in (0..=nstep).step_by(LANES) {
+        let mut iscales = [0f32; LANES];
+        for (j, isc) in iscales.iter_mut().enumerate() {
+            *isc = (rmin + rdelta * (first + j as i32) as f32 + nmax as f32) / range;
         }
-        let det = sum_w * sum_l2 - sum_l * sum_l;
-        if det > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+        let mut aux = [[0u8; LANES]; 32];
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        for i in 0..n {
+            let (w, xi) = (weights[i], x[i]);
+            for j in 0..LANES {
+                let q = nearest_int(iscales[j] * (xi - min)).clamp(0, nmax);
+                aux[i][j] = q as u8;
+                let q = q as f32;
+                sum_l[j] += w * q;
+                sum_l2[j] += w * q * q;
+                sum_xl[j] += w * q * xi;
+            }
+        }
+        let (mut scales, mut mins, mut valid) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
+        for j in 0..LANES {
+            let det = sum_w * sum_l2[j] - sum_l[j] * sum_l[j];
+            if first + (j as i32) > nstep || det <= 0.0 {
+                continue;
+            }
+            let mut this_scale = (sum_w * sum_xl[j] - sum_x * sum_l[j]) / det;
+            let mut this_min = (sum_l2[j] * sum_x - sum_l[j] * sum_xl[j]) / det;
             if this_min > 0.0 {
                 this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
+                this_scale = sum_xl[j] / sum_l2[j];
             }
-            let mut cur_error = 0f32;
-            for i in 0..n {
-                let diff = this_scale * f32::from(aux[i]) + this_min - x[i];
-                cur_error += weights[i] * if use_mad { diff.abs() } else { diff * diff };
+            (scales[j], mins[j], valid[j]) = (this_scale, this_min, true);
+        }
+        let mut errors = [0f32; LANES];
+        for i in 0..n {
+            for j in 0..LANES {
+                let diff = scales[j] * f32::from(aux[i][j]) + mins[j] - x[i];
+                errors[j] += weights[i] * if use_mad { diff.abs() } else { diff * diff };
             }
-            if cur_error < best_error {
-                l[..n].copy_from_slice(&aux[..n]);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
+        }
+        // In candidate order, as ggml's loop: the first strictly better wins.
+        for j in 0..LANES {
+            if valid[j] && errors[j] < best_error {
+                for (li, a) in l[..n].iter_mut().zip(&aux) {
+                    *li = a[j];
+                }
+                best_error = errors[j];
+                scale = scales[j];
+                min = mins[j];
             }
         }
     }

@@ -23,26 +23,54 @@ pub const Q4_1_BYTES: usize = 20;
 pub const Q5_0_BYTES: usize = 22;
 pub const Q5_1_BYTES: usize = 24;
 
-/// Rounds half away from zero (C `roundf`), as ggml's Q8_0 reference does.
+/// Adding and subtracting 1.5 * 2^23 leaves an integer-valued f32 whose low
+/// mantissa byte is that integer (two's complement): a byte conversion the
+/// compiler vectorizes, unlike the saturating `as` casts.
+const ROUNDER: f32 = 12_582_912.0;
+
+/// The byte of an integer-valued `x` in [-128, 255].
+#[inline(always)]
+fn byte_of_integer(x: f32) -> u8 {
+    (x + ROUNDER).to_bits() as u8
+}
+
+/// Rounds half away from zero (C `roundf`), as ggml's Q8_0 reference does:
+/// the truncation plus one step away from zero when the dropped fraction is
+/// at least one half (exact: `x - trunc(x)` has no rounding error).
 #[inline(always)]
 fn round_away(x: f32) -> f32 {
-    x.round()
+    let t = x.trunc();
+    if (x - t).abs() >= 0.5 {
+        t + 1f32.copysign(x)
+    } else {
+        t
+    }
+}
+
+/// Largest magnitude, in eight lanes (max is exact in any order).
+#[inline(always)]
+fn abs_max(x: &[f32; QK]) -> f32 {
+    let mut lanes = [0f32; 8];
+    for c in x.chunks_exact(8) {
+        for i in 0..8 {
+            lanes[i] = lanes[i].max(c[i].abs());
+        }
+    }
+    lanes.iter().fold(0f32, |a, &v| a.max(v))
 }
 
 /// The value with the largest magnitude (first one on ties), sign kept.
 #[inline(always)]
 fn signed_absmax(x: &[f32; QK]) -> f32 {
-    let mut amax = 0f32;
-    let mut max = 0f32;
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
+    let amax = abs_max(x);
+    if amax == 0.0 {
+        return 0.0; // ggml's running value never left +0
     }
-    max
+    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
 }
 
+/// Sequential on purpose: on equal values (+0 and -0) the first one wins,
+/// as in ggml, which a lane-wise min would not keep.
 #[inline(always)]
 fn min_max(x: &[f32; QK]) -> (f32, f32) {
     let mut min = x[0];
@@ -66,13 +94,14 @@ fn inverse(d: f32) -> f32 {
 /// One Q8_0 block.
 #[inline(always)]
 pub fn q8_0(x: &[f32; QK], out: &mut [u8]) {
-    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let d = amax / 127.0;
+    let d = abs_max(x) / 127.0;
     let id = inverse(d);
     put_f16(out, 0, d);
-    for (o, &v) in out[2..2 + QK].iter_mut().zip(x) {
-        *o = round_away(v * id) as i8 as u8;
+    let mut q = [0u8; QK];
+    for (o, &v) in q.iter_mut().zip(x) {
+        *o = byte_of_integer(round_away(v * id));
     }
+    out[2..2 + QK].copy_from_slice(&q);
 }
 
 /// One Q4_0 block.
@@ -81,9 +110,12 @@ pub fn q4_0(x: &[f32; QK], out: &mut [u8]) {
     let d = signed_absmax(x) / -8.0;
     let id = inverse(d);
     put_f16(out, 0, d);
-    let q = |v: f32| ((v * id + 8.5).trunc() as u8).min(15);
+    let mut q = [0u8; QK];
+    for (o, &v) in q.iter_mut().zip(x) {
+        *o = byte_of_integer((v * id + 8.5).trunc()).min(15);
+    }
     for j in 0..QK / 2 {
-        out[2 + j] = q(x[j]) | (q(x[j + QK / 2]) << 4);
+        out[2 + j] = q[j] | (q[j + QK / 2] << 4);
     }
 }
 
@@ -95,9 +127,12 @@ pub fn q4_1(x: &[f32; QK], out: &mut [u8]) {
     let id = inverse(d);
     put_f16(out, 0, d);
     put_f16(out, 2, min);
-    let q = |v: f32| (((v - min) * id + 0.5).trunc() as u8).min(15);
+    let mut q = [0u8; QK];
+    for (o, &v) in q.iter_mut().zip(x) {
+        *o = byte_of_integer(((v - min) * id + 0.5).trunc()).min(15);
+    }
     for j in 0..QK / 2 {
-        out[4 + j] = q(x[j]) | (q(x[j + QK / 2]) << 4);
+        out[4 + j] = q[j] | (q[j + QK / 2] << 4);
     }
 }
 
@@ -121,7 +156,7 @@ pub fn q5_0(x: &[f32; QK], out: &mut [u8]) {
     put_f16(out, 0, d);
     let mut q = [0u8; QK];
     for (o, &v) in q.iter_mut().zip(x) {
-        *o = ((v * id + 16.5).trunc() as u8).min(31);
+        *o = byte_of_integer((v * id + 16.5).trunc()).min(31);
     }
     pack5(&q, &mut out[2..]);
 }
@@ -136,7 +171,7 @@ pub fn q5_1(x: &[f32; QK], out: &mut [u8]) {
     put_f16(out, 2, min);
     let mut q = [0u8; QK];
     for (o, &v) in q.iter_mut().zip(x) {
-        *o = (((v - min) * id + 0.5).trunc() as u8).min(31);
+        *o = byte_of_integer(((v - min) * id + 0.5).trunc()).min(31);
     }
     pack5(&q, &mut out[4..]);
 }
