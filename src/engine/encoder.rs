@@ -7,6 +7,8 @@
 //! `Precision::Int8` quantizes the linear weights per output channel at load
 //! and the activations per token on the fly.
 
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
 use super::weights::Dense;
@@ -57,6 +59,9 @@ pub struct Encoder {
     token_type: Vec<f32>,
     embed_norm: Norm,
     layers: Vec<Layer>,
+    /// Activation buffers kept between calls: fresh ones of this size are
+    /// mapped pages, faulted in and zeroed on every forward.
+    scratch: Mutex<Vec<Vec<f32>>>,
 }
 
 impl Encoder {
@@ -105,6 +110,7 @@ impl Encoder {
             token_type: table("token_types.weight", c.type_vocab_size)?.data[..h].to_vec(),
             embed_norm: norm("token_embd_norm")?,
             layers,
+            scratch: Mutex::new(Vec::new()),
         })
     }
 
@@ -163,8 +169,8 @@ impl Encoder {
         let (h, f) = (c.hidden_size, c.intermediate_size);
         let n: usize = seqs.iter().map(Vec::len).sum();
         let mut x = self.embeddings(seqs);
-        let (mut qkv, mut ctx) = (vec![0f32; n * 3 * h], vec![0f32; n * h]);
-        let (mut y, mut up) = (vec![0f32; n * h], vec![0f32; n * f]);
+        let (mut qkv, mut ctx) = (self.buffer(n * 3 * h), self.buffer(n * h));
+        let (mut y, mut up) = (self.buffer(n * h), self.buffer(n * f));
         for layer in &self.layers {
             layer.qkv.forward(&x, n, &mut qkv);
             self.attention(&qkv, seqs, &mut ctx);
@@ -176,22 +182,34 @@ impl Encoder {
             residual_norm(&mut y, &x, &layer.out_norm, c.layer_norm_eps as f32, h);
             std::mem::swap(&mut x, &mut y);
         }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        scratch.extend([qkv, ctx, y, up]);
+        scratch.truncate(8);
         x
+    }
+
+    /// A zeroed buffer of `len`, from the scratch pool when there is one.
+    fn buffer(&self, len: usize) -> Vec<f32> {
+        let reused = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut b = reused.unwrap_or_default();
+        b.clear();
+        b.resize(len, 0.0);
+        b
     }
 
     fn embeddings(&self, seqs: &[Vec<u32>]) -> Vec<f32> {
         let h = self.config.hidden_size;
+        let eps = self.config.layer_norm_eps as f32;
+        let (gamma, beta) = (&self.embed_norm.gamma, &self.embed_norm.beta);
         let mut x = Vec::with_capacity(seqs.iter().map(Vec::len).sum::<usize>() * h);
-        let mut pos = Vec::with_capacity(x.capacity());
         for s in seqs {
             for (p, &id) in s.iter().enumerate() {
                 let word = &self.word[id as usize * h..][..h];
+                let at = x.len();
                 x.extend(word.iter().zip(&self.token_type).map(|(a, b)| a + b));
-                pos.extend_from_slice(&self.position[p * h..][..h]);
+                add_layer_norm(&mut x[at..], &self.position[p * h..][..h], gamma, beta, eps);
             }
         }
-        let eps = self.config.layer_norm_eps as f32;
-        residual_norm(&mut x, &pos, &self.embed_norm, eps, h);
         x
     }
 

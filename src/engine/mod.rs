@@ -136,10 +136,27 @@ impl Engine {
         let Network::Encoder(encoder) = &self.network else {
             return Err(self.usage("`embed` needs an encoder model (bert); this is a decoder"));
         };
+        let limit = encoder.config.max_position_embeddings;
         let ids = texts
             .iter()
-            .map(|t| self.tokenizer.encode(t))
-            .collect::<Result<Vec<_>, _>>()?;
+            .enumerate()
+            .map(|(i, t)| {
+                let mut ids = self.tokenizer.encode(t)?;
+                if ids.len() > limit {
+                    // As sentence-transformers does: keep the first tokens
+                    // and the closing one ([SEP]).
+                    tracing::warn!(
+                        "text {} has {} tokens; the model reads {limit}: truncated",
+                        i + 1,
+                        ids.len()
+                    );
+                    let last = ids[ids.len() - 1];
+                    ids.truncate(limit);
+                    ids[limit - 1] = last;
+                }
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
         // Batches of 32 bound the activations' memory.
         Ok(ids.chunks(32).flat_map(|c| encoder.embed(c)).collect())
     }

@@ -24,17 +24,22 @@ unsafe fn half1(p: *const u8) -> __m128 {
     )))
 }
 
-/// Sum of eight i32 lanes of `u8 × i8` products, as floats.
+/// Sum of eight i32 lanes of `u8 × i8` products, as floats: AVX-512 VNNI's
+/// `vpdpbusd` when `VNNI` (one instruction), else `vpmaddubsw` + `vpmaddwd`.
+/// The same integers either way (the i16 pairs never saturate here).
 #[inline(always)]
-unsafe fn mul_sum_u8_i8(w: __m256i, a: __m256i) -> __m256 {
+unsafe fn mul_sum_u8_i8<const VNNI: bool>(w: __m256i, a: __m256i) -> __m256 {
+    if VNNI {
+        return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a));
+    }
     let pairs = _mm256_maddubs_epi16(w, a);
     _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 
 /// Same for signed weights: |w| × (a with w's sign).
 #[inline(always)]
-unsafe fn mul_sum_i8_i8(w: __m256i, a: __m256i) -> __m256 {
-    mul_sum_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
+unsafe fn mul_sum_i8_i8<const VNNI: bool>(w: __m256i, a: __m256i) -> __m256 {
+    mul_sum_u8_i8::<VNNI>(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
 }
 
 /// 16 bytes of packed nibbles to 32 bytes: low nibbles, then high.
@@ -71,8 +76,8 @@ macro_rules! blocks {
 
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `w` holds whole 34-byte blocks matching `a`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_0(w: &[u8], a: &Q8Row) -> f32 {
+#[inline(always)]
+unsafe fn q8_0_k<const V: bool>(w: &[u8], a: &Q8Row) -> f32 {
     let n = w.len() / 34;
     assert!(a.d.len() >= n && a.qs.len() >= n * QK);
     let (p, q, d) = (w.as_ptr(), a.qs.as_ptr(), a.d.as_ptr());
@@ -81,14 +86,18 @@ pub unsafe fn q8_0(w: &[u8], a: &Q8Row) -> f32 {
         let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
         let aq = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
         let scale = _mm_mul_ss(half1(blk), _mm_load_ss(d.add(b)));
-        _mm256_fmadd_ps(_mm256_broadcastss_ps(scale), mul_sum_i8_i8(wq, aq), acc)
+        _mm256_fmadd_ps(
+            _mm256_broadcastss_ps(scale),
+            mul_sum_i8_i8::<V>(wq, aq),
+            acc,
+        )
     }))
 }
 
 /// # Safety
 /// As [`q8_0`], for 18-byte Q4_0 blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_0(w: &[u8], a: &Q8Row) -> f32 {
+#[inline(always)]
+unsafe fn q4_0_k<const V: bool>(w: &[u8], a: &Q8Row) -> f32 {
     let n = w.len() / 18;
     assert!(a.d.len() >= n && a.qs.len() >= n * QK);
     let (p, q, d) = (w.as_ptr(), a.qs.as_ptr(), a.d.as_ptr());
@@ -98,14 +107,18 @@ pub unsafe fn q4_0(w: &[u8], a: &Q8Row) -> f32 {
         let wq = _mm256_sub_epi8(nibbles(blk.add(2)), eight);
         let aq = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
         let scale = _mm_mul_ss(half1(blk), _mm_load_ss(d.add(b)));
-        _mm256_fmadd_ps(_mm256_broadcastss_ps(scale), mul_sum_i8_i8(wq, aq), acc)
+        _mm256_fmadd_ps(
+            _mm256_broadcastss_ps(scale),
+            mul_sum_i8_i8::<V>(wq, aq),
+            acc,
+        )
     }))
 }
 
 /// # Safety
 /// As [`q8_0`], for 20-byte Q4_1 blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_1(w: &[u8], a: &Q8Row) -> f32 {
+#[inline(always)]
+unsafe fn q4_1_k<const V: bool>(w: &[u8], a: &Q8Row) -> f32 {
     let n = w.len() / 20;
     assert!(a.d.len() >= n && a.s.len() >= n && a.qs.len() >= n * QK);
     let (p, q) = (w.as_ptr(), a.qs.as_ptr());
@@ -119,7 +132,7 @@ pub unsafe fn q4_1(w: &[u8], a: &Q8Row) -> f32 {
         // [d_w, m_w] in one conversion, times [d_a, s_a].
         let ds = _mm_mul_ps(halves2(blk), _mm_setr_ps(*d.add(b), *s.add(b), 0.0, 0.0));
         mins = _mm_add_ps(mins, ds);
-        _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), mul_sum_u8_i8(wq, aq), acc)
+        _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), mul_sum_u8_i8::<V>(wq, aq), acc)
     });
     hsum(dots) + lane1(mins)
 }
@@ -143,8 +156,8 @@ unsafe fn bytes_from_bits(bits: u32) -> __m256i {
 
 /// # Safety
 /// As [`q8_0`], for 22-byte Q5_0 blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_0(w: &[u8], a: &Q8Row) -> f32 {
+#[inline(always)]
+unsafe fn q5_0_k<const V: bool>(w: &[u8], a: &Q8Row) -> f32 {
     let n = w.len() / 22;
     assert!(a.d.len() >= n && a.qs.len() >= n * QK);
     let (p, q, d) = (w.as_ptr(), a.qs.as_ptr(), a.d.as_ptr());
@@ -157,14 +170,18 @@ pub unsafe fn q5_0(w: &[u8], a: &Q8Row) -> f32 {
         let wq = _mm256_or_si256(nibbles(blk.add(6)), _mm256_andnot_si256(fifth, high));
         let aq = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
         let scale = _mm_mul_ss(half1(blk), _mm_load_ss(d.add(b)));
-        _mm256_fmadd_ps(_mm256_broadcastss_ps(scale), mul_sum_i8_i8(wq, aq), acc)
+        _mm256_fmadd_ps(
+            _mm256_broadcastss_ps(scale),
+            mul_sum_i8_i8::<V>(wq, aq),
+            acc,
+        )
     }))
 }
 
 /// # Safety
 /// As [`q8_0`], for 24-byte Q5_1 blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_1(w: &[u8], a: &Q8Row) -> f32 {
+#[inline(always)]
+unsafe fn q5_1_k<const V: bool>(w: &[u8], a: &Q8Row) -> f32 {
     let n = w.len() / 24;
     assert!(a.d.len() >= n && a.s.len() >= n && a.qs.len() >= n * QK);
     let (p, q) = (w.as_ptr(), a.qs.as_ptr());
@@ -178,7 +195,7 @@ pub unsafe fn q5_1(w: &[u8], a: &Q8Row) -> f32 {
         let aq = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
         let ds = _mm_mul_ps(halves2(blk), _mm_setr_ps(*d.add(b), *s.add(b), 0.0, 0.0));
         mins = _mm_add_ps(mins, ds);
-        _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), mul_sum_u8_i8(wq, aq), acc)
+        _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), mul_sum_u8_i8::<V>(wq, aq), acc)
     });
     hsum(dots) + lane1(mins)
 }
@@ -208,12 +225,18 @@ fn check_rows(a: &[&Q8Row; 4], n: usize) {
 
 /// Block `b` of signed codes `wq` (scale `d`) into each token's accumulator.
 #[inline(always)]
-unsafe fn signed_tokens(acc: &mut [__m256; 4], wq: __m256i, d: __m128, a: &[&Q8Row; 4], b: usize) {
+unsafe fn signed_tokens<const V: bool>(
+    acc: &mut [__m256; 4],
+    wq: __m256i,
+    d: __m128,
+    a: &[&Q8Row; 4],
+    b: usize,
+) {
     for t in 0..4 {
         let scale = _mm_mul_ss(d, _mm_load_ss(a[t].d.as_ptr().add(b)));
         acc[t] = _mm256_fmadd_ps(
             _mm256_broadcastss_ps(scale),
-            mul_sum_i8_i8(wq, acts_at(a[t], b)),
+            mul_sum_i8_i8::<V>(wq, acts_at(a[t], b)),
             acc[t],
         );
     }
@@ -221,23 +244,23 @@ unsafe fn signed_tokens(acc: &mut [__m256; 4], wq: __m256i, d: __m128, a: &[&Q8R
 
 /// # Safety
 /// As [`q8_0`], for each of the four activation rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_0_x4(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
+#[inline(always)]
+unsafe fn q8_0_x4_k<const V: bool>(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
     let n = w.len() / 34;
     check_rows(&a, n);
     let mut acc = [_mm256_setzero_ps(); 4];
     for b in 0..n {
         let blk = w.as_ptr().add(b * 34);
         let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-        signed_tokens(&mut acc, wq, half1(blk), &a, b);
+        signed_tokens::<V>(&mut acc, wq, half1(blk), &a, b);
     }
     [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
 }
 
 /// # Safety
 /// As [`q4_0`], for each of the four activation rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_0_x4(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
+#[inline(always)]
+unsafe fn q4_0_x4_k<const V: bool>(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
     let n = w.len() / 18;
     check_rows(&a, n);
     let eight = _mm256_set1_epi8(8);
@@ -245,15 +268,15 @@ pub unsafe fn q4_0_x4(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
     for b in 0..n {
         let blk = w.as_ptr().add(b * 18);
         let wq = _mm256_sub_epi8(nibbles(blk.add(2)), eight);
-        signed_tokens(&mut acc, wq, half1(blk), &a, b);
+        signed_tokens::<V>(&mut acc, wq, half1(blk), &a, b);
     }
     [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
 }
 
 /// # Safety
 /// As [`q4_1`], for each of the four activation rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_1_x4(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
+#[inline(always)]
+unsafe fn q4_1_x4_k<const V: bool>(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
     let n = w.len() / 20;
     check_rows(&a, n);
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -271,7 +294,7 @@ pub unsafe fn q4_1_x4(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
             mins[t] = _mm_add_ps(mins[t], ds);
             acc[t] = _mm256_fmadd_ps(
                 _mm256_broadcastss_ps(ds),
-                mul_sum_u8_i8(wq, acts_at(r, b)),
+                mul_sum_u8_i8::<V>(wq, acts_at(r, b)),
                 acc[t],
             );
         }
@@ -282,4 +305,34 @@ pub unsafe fn q4_1_x4(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
         hsum(acc[2]) + lane1(mins[2]),
         hsum(acc[3]) + lane1(mins[3]),
     ]
+}
+
+/// Each kernel twice: AVX2 (+FMA, F16C), and the same code with AVX-512 VNNI's
+/// `vpdpbusd` for the byte products (256-bit, AVX-512VL). Same bits (tested).
+macro_rules! variants {
+    ($($name:ident, $vnni:ident, $kernel:ident: ($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {$(
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C; `w` holds whole blocks matching the activations.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name($($arg: $ty),*) -> $ret {
+            $kernel::<false>($($arg),*)
+        }
+        /// # Safety
+        /// As the AVX2 kernel, and the CPU must also support AVX-512 VL and VNNI.
+        #[target_feature(enable = "avx2,fma,f16c,avx512vl,avx512vnni")]
+        pub unsafe fn $vnni($($arg: $ty),*) -> $ret {
+            $kernel::<true>($($arg),*)
+        }
+    )*};
+}
+
+variants! {
+    q8_0, q8_0_vnni, q8_0_k: (w: &[u8], a: &Q8Row) -> f32;
+    q4_0, q4_0_vnni, q4_0_k: (w: &[u8], a: &Q8Row) -> f32;
+    q4_1, q4_1_vnni, q4_1_k: (w: &[u8], a: &Q8Row) -> f32;
+    q5_0, q5_0_vnni, q5_0_k: (w: &[u8], a: &Q8Row) -> f32;
+    q5_1, q5_1_vnni, q5_1_k: (w: &[u8], a: &Q8Row) -> f32;
+    q8_0_x4, q8_0_x4_vnni, q8_0_x4_k: (w: &[u8], a: [&Q8Row; 4]) -> [f32; 4];
+    q4_0_x4, q4_0_x4_vnni, q4_0_x4_k: (w: &[u8], a: [&Q8Row; 4]) -> [f32; 4];
+    q4_1_x4, q4_1_x4_vnni, q4_1_x4_k: (w: &[u8], a: [&Q8Row; 4]) -> [f32; 4];
 }

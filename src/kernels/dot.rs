@@ -144,27 +144,32 @@ macro_rules! dispatch {
 }
 
 /// Defines `pub fn $name`: the hand-written AVX2 kernel when the CPU has
-/// AVX2, FMA and F16C, else the portable `$body`.
+/// AVX2, FMA and F16C (its `vpdpbusd` build `$vnni` when it also has AVX-512
+/// VL + VNNI), else the portable `$body`.
 macro_rules! simd {
-    ($(#[$doc:meta])* $name:ident, $body:ident) => {
+    ($(#[$doc:meta])* $name:ident, $vnni:ident, $body:ident) => {
         $(#[$doc])*
         pub fn $name(w: &[u8], a: &Q8Row) -> f32 {
             #[cfg(target_arch = "x86_64")]
-            if has_avx2_fma() {
-                // SAFETY: AVX2, FMA and F16C are present, checked just above.
-                return unsafe { super::avx2::$name(w, a) };
+            match x86_level() {
+                // SAFETY: the CPU has the features of the kernel picked.
+                X86::Vnni => return unsafe { super::avx2::$vnni(w, a) },
+                X86::Avx2 => return unsafe { super::avx2::$name(w, a) },
+                X86::None => {}
             }
             $body(w, a)
         }
     };
     // Also a NEON kernel on aarch64 (NEON is baseline there: no check).
-    ($(#[$doc:meta])* $name:ident, $body:ident, neon) => {
+    ($(#[$doc:meta])* $name:ident, $vnni:ident, $body:ident, neon) => {
         $(#[$doc])*
         pub fn $name(w: &[u8], a: &Q8Row) -> f32 {
             #[cfg(target_arch = "x86_64")]
-            if has_avx2_fma() {
-                // SAFETY: AVX2, FMA and F16C are present, checked just above.
-                return unsafe { super::avx2::$name(w, a) };
+            match x86_level() {
+                // SAFETY: the CPU has the features of the kernel picked.
+                X86::Vnni => return unsafe { super::avx2::$vnni(w, a) },
+                X86::Avx2 => return unsafe { super::avx2::$name(w, a) },
+                X86::None => {}
             }
             #[cfg(target_arch = "aarch64")]
             {
@@ -177,6 +182,27 @@ macro_rules! simd {
     };
 }
 
+/// Which hand-written x86 kernels this CPU runs.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum X86 {
+    None,
+    Avx2,
+    Vnni,
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) fn x86_level() -> X86 {
+    use std::arch::is_x86_feature_detected as has;
+    if !has_avx2_fma() {
+        X86::None
+    } else if has!("avx512vl") && has!("avx512vnni") {
+        X86::Vnni
+    } else {
+        X86::Avx2
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(super) fn has_avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2")
@@ -186,28 +212,30 @@ pub(super) fn has_avx2_fma() -> bool {
 
 simd!(
     /// Q8_0 weights (34-byte blocks: f16 d, 32 × i8).
-    q8_0, q8_0_body, neon
+    q8_0, q8_0_vnni, q8_0_body, neon
 );
 simd!(
     /// Q4_0 weights (18-byte blocks: f16 d, 16 bytes of codes; w = d(q-8)).
-    q4_0, q4_0_body, neon
+    q4_0, q4_0_vnni, q4_0_body, neon
 );
 simd!(
     /// Q4_1 weights (20-byte blocks: f16 d, f16 m, 16 bytes; w = d q + m).
-    q4_1, q4_1_body, neon
+    q4_1, q4_1_vnni, q4_1_body, neon
 );
 
 /// Defines `pub fn $name`: one weight row against four activation rows,
 /// the AVX2 kernel when the CPU has it, else four calls of `$single`; the
 /// two give the same bits as four calls of the single-row kernel.
 macro_rules! simd_x4 {
-    ($(#[$doc:meta])* $name:ident, $single:ident) => {
+    ($(#[$doc:meta])* $name:ident, $vnni:ident, $single:ident) => {
         $(#[$doc])*
         pub fn $name(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
             #[cfg(target_arch = "x86_64")]
-            if has_avx2_fma() {
-                // SAFETY: AVX2, FMA and F16C are present, checked just above.
-                return unsafe { super::avx2::$name(w, a) };
+            match x86_level() {
+                // SAFETY: the CPU has the features of the kernel picked.
+                X86::Vnni => return unsafe { super::avx2::$vnni(w, a) },
+                X86::Avx2 => return unsafe { super::avx2::$name(w, a) },
+                X86::None => {}
             }
             a.map(|r| $single(w, r))
         }
@@ -216,15 +244,15 @@ macro_rules! simd_x4 {
 
 simd_x4!(
     /// Q8_0 against four activation rows.
-    q8_0_x4, q8_0
+    q8_0_x4, q8_0_x4_vnni, q8_0
 );
 simd_x4!(
     /// Q4_0 against four activation rows.
-    q4_0_x4, q4_0
+    q4_0_x4, q4_0_x4_vnni, q4_0
 );
 simd_x4!(
     /// Q4_1 against four activation rows.
-    q4_1_x4, q4_1
+    q4_1_x4, q4_1_x4_vnni, q4_1
 );
 
 /// The portable kernels, for testing the SIMD ones against.
@@ -249,11 +277,11 @@ pub mod portable {
 }
 simd!(
     /// Q5_0 weights (22-byte blocks: f16 d, u32 fifth bits, 16 bytes; w = d(q-16)).
-    q5_0, q5_0_body
+    q5_0, q5_0_vnni, q5_0_body
 );
 simd!(
     /// Q5_1 weights (24-byte blocks: f16 d, f16 m, u32 fifth bits, 16 bytes).
-    q5_1, q5_1_body
+    q5_1, q5_1_vnni, q5_1_body
 );
 dispatch!(
     /// f32 weights against f32 activations.

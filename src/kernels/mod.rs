@@ -454,6 +454,59 @@ mod tests {
         }
     }
 
+    /// The AVX-512 VNNI builds of the block kernels give the AVX2 builds'
+    /// bits (same integers, same float order), single and four-row.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vnni_kernels_give_the_avx2_kernels_bits() {
+        if dot::x86_level() != dot::X86::Vnni {
+            eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
+            return;
+        }
+        let cols = 544;
+        let w = sample(1, cols);
+        let rows: Vec<Q8Row> = (0..4)
+            .map(|t| {
+                let x: Vec<f32> = sample(1, cols)
+                    .iter()
+                    .map(|v| v * (t as f32 - 1.5))
+                    .collect();
+                let mut a = Q8Row::default();
+                a.quantize_from(&x);
+                a
+            })
+            .collect();
+        type One = unsafe fn(&[u8], &Q8Row) -> f32;
+        type Four = unsafe fn(&[u8], [&Q8Row; 4]) -> [f32; 4];
+        let singles: [(&str, One, One); 5] = [
+            ("Q8_0", avx2::q8_0, avx2::q8_0_vnni),
+            ("Q4_0", avx2::q4_0, avx2::q4_0_vnni),
+            ("Q4_1", avx2::q4_1, avx2::q4_1_vnni),
+            ("Q5_0", avx2::q5_0, avx2::q5_0_vnni),
+            ("Q5_1", avx2::q5_1, avx2::q5_1_vnni),
+        ];
+        for (scheme, plain, vnni) in singles {
+            let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
+            for a in &rows {
+                // SAFETY: x86_level() found AVX2, FMA, F16C, AVX-512 VL and VNNI.
+                let (p, v) = unsafe { (plain(&enc.data, a), vnni(&enc.data, a)) };
+                assert_eq!(p.to_bits(), v.to_bits(), "{scheme}");
+            }
+        }
+        let fours: [(&str, Four, Four); 3] = [
+            ("Q8_0", avx2::q8_0_x4, avx2::q8_0_x4_vnni),
+            ("Q4_0", avx2::q4_0_x4, avx2::q4_0_x4_vnni),
+            ("Q4_1", avx2::q4_1_x4, avx2::q4_1_x4_vnni),
+        ];
+        let four = [&rows[0], &rows[1], &rows[2], &rows[3]];
+        for (scheme, plain, vnni) in fours {
+            let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
+            // SAFETY: as above.
+            let (p, v) = unsafe { (plain(&enc.data, four), vnni(&enc.data, four)) };
+            assert_eq!(p.map(f32::to_bits), v.map(f32::to_bits), "{scheme}");
+        }
+    }
+
     /// A scheme, its dispatched (SIMD) kernel and its portable one.
     type Case<A> = (&'static str, fn(&[u8], &A) -> f32, fn(&[u8], &A) -> f32);
 

@@ -200,6 +200,33 @@ fn run_embed_similarity_reproduces_the_published_matrix_to_4_decimals() {
 }
 
 #[test]
+fn texts_longer_than_the_models_positions_are_truncated_with_a_warning() {
+    let long = "word ".repeat(700);
+    let out = edgeforge()
+        .args(["--json", "run", "embed"])
+        .arg(minilm())
+        .args(["--text", &long, "--text", "short"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("text 1 has 702 tokens; the model reads 512: truncated"),
+        "{stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first: Vec<f64> = report["embeddings"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(first.len(), 384);
+    let norm: f64 = first.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+}
+
+#[test]
 fn run_embed_int8_reports_its_precision_and_keeps_the_similarities() {
     let report = json_success(
         edgeforge()
