@@ -411,17 +411,7 @@ mod tests {
         // Four-row kernels: the same bits as four single-row calls.
         let cols = 544;
         let w = sample(1, cols);
-        let rows: Vec<Q8Row> = (0..4)
-            .map(|t| {
-                let x: Vec<f32> = sample(1, cols)
-                    .iter()
-                    .map(|v| v * (t as f32 + 0.5))
-                    .collect();
-                let mut a = Q8Row::default();
-                a.quantize_from(&x);
-                a
-            })
-            .collect();
+        let rows = activation_rows(cols, |t| t as f32 + 0.5);
         type Four = fn(&[u8], [&Q8Row; 4]) -> [f32; 4];
         type One = fn(&[u8], &Q8Row) -> f32;
         let fours: [(&str, Four, One); 3] = [
@@ -465,17 +455,7 @@ mod tests {
         }
         let cols = 544;
         let w = sample(1, cols);
-        let rows: Vec<Q8Row> = (0..4)
-            .map(|t| {
-                let x: Vec<f32> = sample(1, cols)
-                    .iter()
-                    .map(|v| v * (t as f32 - 1.5))
-                    .collect();
-                let mut a = Q8Row::default();
-                a.quantize_from(&x);
-                a
-            })
-            .collect();
+        let rows = activation_rows(cols, |t| t as f32 - 1.5);
         type One = unsafe fn(&[u8], &Q8Row) -> f32;
         type Four = unsafe fn(&[u8], [&Q8Row; 4]) -> [f32; 4];
         let singles: [(&str, One, One); 5] = [
@@ -552,6 +532,18 @@ mod tests {
                 assert_eq!(bits(got), bits(&want), "{schemes:?}");
             }
         }
+    }
+
+    /// Four quantized activation rows: the sample row scaled by `scale(t)`.
+    fn activation_rows(cols: usize, scale: impl Fn(usize) -> f32) -> Vec<Q8Row> {
+        (0..4)
+            .map(|t| {
+                let x: Vec<f32> = sample(1, cols).iter().map(|v| v * scale(t)).collect();
+                let mut a = Q8Row::default();
+                a.quantize_from(&x);
+                a
+            })
+            .collect()
     }
 
     fn sample(rows: usize, cols: usize) -> Vec<f32> {

@@ -125,8 +125,8 @@ fn rows_per_task(row_len: usize) -> usize {
     (65_536 / row_len.max(1)).max(1)
 }
 
-/// Encodes a row-major tensor whose rows have `row_len` elements.
-pub fn quantize(scheme: Scheme, src: &[f32], row_len: usize) -> Result<Encoded, QuantError> {
+/// Whole rows of whole blocks, or the error that says why not.
+fn check_rows(scheme: Scheme, src: &[f32], row_len: usize) -> Result<(), QuantError> {
     if !supports_row(scheme, row_len as u64) || !src.len().is_multiple_of(row_len) {
         return Err(QuantError::RowNotBlockMultiple {
             scheme: scheme.name(),
@@ -134,6 +134,12 @@ pub fn quantize(scheme: Scheme, src: &[f32], row_len: usize) -> Result<Encoded, 
             block: block_elems(scheme),
         });
     }
+    Ok(())
+}
+
+/// Encodes a row-major tensor whose rows have `row_len` elements.
+pub fn quantize(scheme: Scheme, src: &[f32], row_len: usize) -> Result<Encoded, QuantError> {
+    check_rows(scheme, src, row_len)?;
     let rows = src.len() / row_len;
     let chunk_rows = rows_per_task(row_len);
     match scheme {
@@ -209,13 +215,7 @@ pub fn quantize_measured(
     let Some(ty) = ggml_type(scheme) else {
         return Ok(None);
     };
-    if !supports_row(scheme, row_len as u64) || !src.len().is_multiple_of(row_len) {
-        return Err(QuantError::RowNotBlockMultiple {
-            scheme: scheme.name(),
-            row_len,
-            block: block_elems(scheme),
-        });
-    }
+    check_rows(scheme, src, row_len)?;
     let task = rows_per_task(row_len) * row_len;
     let (be, bb) = (ty.block_elems() as usize, ty.block_bytes() as usize);
     let mut data = vec![0u8; src.len() / be * bb];
