@@ -108,6 +108,19 @@ pub enum Command {
     /// Federated learning: global versions, client updates, aggregation rounds
     #[command(subcommand)]
     Fed(FedCommand),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish)
+    ///
+    /// e.g. `edgeforge completions bash > ~/.local/share/bash-completion/completions/edgeforge`
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `edgeforge man > ~/.local/share/man/man1/edgeforge.1`
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Subcommand)]
@@ -342,7 +355,7 @@ pub struct PullArgs {
     #[arg(long, value_name = "T")]
     pub target: Option<String>,
     /// Memory the device can give the model, in MiB (selects as `select` does)
-    #[arg(long, value_name = "MB")]
+    #[arg(long, value_name = "MB", value_parser = ram_mb)]
     pub ram_mb: Option<u64>,
     /// With --ram-mb: only variants for devices with this accelerator kind
     #[arg(long, value_name = "KIND", requires = "ram_mb")]
@@ -431,7 +444,7 @@ pub struct SelectArgs {
     #[arg(long, value_name = "FILE", default_value = "dist/index.json")]
     pub index: PathBuf,
     /// Memory the device can give the model, in MiB
-    #[arg(long, value_name = "MB")]
+    #[arg(long, value_name = "MB", value_parser = ram_mb)]
     pub ram_mb: u64,
     /// Only variants for devices with this accelerator kind (npu, tpu, gpu, dsp)
     #[arg(long, value_name = "KIND")]
@@ -700,4 +713,13 @@ pub struct QuantizeArgs {
 pub enum OutputFormatArg {
     Gguf,
     Safetensors,
+}
+
+/// `--ram-mb`: 1 MiB up to the largest memory a target profile may state.
+fn ram_mb(text: &str) -> Result<u64, String> {
+    let max = crate::target::MAX_MB;
+    match text.parse::<u64>() {
+        Ok(mb) if (1..=max).contains(&mb) => Ok(mb),
+        _ => Err(format!("must be a whole number of MiB from 1 to {max}")),
+    }
 }

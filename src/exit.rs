@@ -37,6 +37,7 @@ pub const EXIT_ERROR: u8 = 2;
 
 /// Runs the command line and returns the process exit code.
 pub fn run() -> ExitCode {
+    ignore_file_size_signal();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -59,8 +60,24 @@ pub fn run() -> ExitCode {
 
 /// Prints an error and its causes on one line, as `error: outer: cause: root`.
 fn report_error(err: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {}", crate::printer::sanitize(&format!("{err:#}")));
+    // Bounded: a cause may echo untrusted text (a misparsed key, a file's bytes).
+    crate::printer::error_line(&crate::guard::bounded(&format!("{err:#}"), MAX_ERROR_CHARS));
     ExitCode::from(EXIT_ERROR)
+}
+
+/// The longest error line we print.
+const MAX_ERROR_CHARS: usize = 2000;
+
+/// Write errors are reported, not fatal signals: under `ulimit -f` a write
+/// past the limit raises SIGXFSZ, which kills the process with no message
+/// and leaves its temp file. Ignored, the write fails with EFBIG instead and
+/// the normal error path cleans up (as coreutils and rsync do).
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: installing SIG_IGN for one signal at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod exit;
 pub mod fed;
 pub mod format;
+pub mod guard;
 pub mod kernels;
 pub mod llamacpp;
 pub mod memory;

@@ -64,13 +64,13 @@ impl Printer {
     /// Writes an informational message to stderr unless quiet.
     pub fn info(&self, text: &str) {
         if !self.quiet {
-            eprintln!("{text}");
+            stderr_line(text);
         }
     }
 
     /// Writes a warning to stderr (even when quiet: warnings change decisions).
     pub fn warn(&self, text: &str) {
-        eprintln!("warning: {text}");
+        stderr_line(&format!("warning: {text}"));
     }
 
     /// A byte-counting progress bar, hidden when progress is off.
@@ -108,6 +108,18 @@ impl Printer {
 
 /// Escapes control and bidi characters so that untrusted names from model
 /// files cannot rewrite the terminal.
+/// One line on stderr. A closed stderr (a pipe whose reader went away) is
+/// not worth dying for: `eprintln!` would panic and exit 101.
+pub fn stderr_line(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// An error line on stderr, as `error: ...`.
+pub fn error_line(text: &str) {
+    stderr_line(&format!("error: {text}"));
+}
+
 pub fn sanitize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

@@ -98,7 +98,13 @@ pub struct Outcome {
 
 /// Resolves a build recipe's `[build]` table and the source model path.
 pub fn load_spec(path: &Path) -> Result<(BuildSpec, Vec<u8>), ArtifactError> {
-    let bytes = fs_err::read(path).map_err(|e| ArtifactError::at(path, e.to_string()))?;
+    let bytes = crate::guard::read_bytes(path, crate::guard::Cap::TOML)
+        .map_err(|e| ArtifactError::at(path, e.message))?;
+    parse_spec(path, bytes)
+}
+
+/// A build recipe from its bytes, `path` naming it in errors.
+pub fn parse_spec(path: &Path, bytes: Vec<u8>) -> Result<(BuildSpec, Vec<u8>), ArtifactError> {
     let text =
         std::str::from_utf8(&bytes).map_err(|_| ArtifactError::at(path, "not UTF-8 text"))?;
     let file: BuildFile = toml::from_str(text).map_err(|e| {
@@ -108,6 +114,12 @@ pub fn load_spec(path: &Path) -> Result<(BuildSpec, Vec<u8>), ArtifactError> {
         ArtifactError::at(path, format!("line {line}: {}", e.message()))
     })?;
     let spec = file.build;
+    super::check_identity(&spec.name, &spec.version).map_err(|e| match e {
+        ArtifactError::At { path: key, message } => {
+            ArtifactError::at(path, format!("build.{}: {message}", key.display()))
+        }
+        other => other,
+    })?;
     if spec.model.is_some() == spec.distill.is_some() {
         return Err(ArtifactError::at(
             path,
@@ -232,8 +244,8 @@ fn eval_texts(recipe: &Path, spec: &BuildSpec) -> Result<Vec<String>, ArtifactEr
     Ok(match &spec.eval {
         Some(e) => {
             let path = resolve(recipe, e)?;
-            let text = fs_err::read_to_string(&path)
-                .map_err(|e| ArtifactError::at(&path, e.to_string()))?;
+            let text = crate::guard::read_text(&path, crate::guard::Cap::TEXT)
+                .map_err(|e| ArtifactError::at(&path, e.message))?;
             text.lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
@@ -396,6 +408,7 @@ pub(super) fn build_target(
     let work = o.dist.join(".build").join(&spec.name).join(target.name());
     let _ = fs_err::remove_dir_all(&work);
     fs_err::create_dir_all(&work).map_err(|e| ArtifactError::at(&work, e.to_string()))?;
+    let _cleanup = RemoveOnDrop(&work);
     let file = if gguf {
         work.join(format!("{}.{}.gguf", spec.name, target.name()))
     } else {
@@ -638,6 +651,23 @@ fn remove_leftovers(version_dir: &Path) {
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with('.') && entry.path().is_dir() {
             let _ = fs_err::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A scratch folder removed however the step ends (a failed target must not
+/// leave its half-made files under `.build/`).
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = fs_err::remove_dir_all(self.0);
+        if let Some(parent) = self.0.parent() {
+            // Only succeeds once the last target of this name is done.
+            let _ = std::fs::remove_dir(parent);
+            if let Some(build) = parent.parent() {
+                let _ = std::fs::remove_dir(build);
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod accuracy;
 mod archive;
 pub mod build;
+mod consistency;
 pub mod inputs;
 pub mod manifest;
 pub mod rebuild;
@@ -81,16 +82,15 @@ pub struct Packaged {
 
 /// Writes `out/<name>/<version>/<target>/` through a temp folder and a rename.
 pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
-    check_name(input.name).map_err(|m| ArtifactError::at(Path::new("--name"), m))?;
-    check_semver(input.version).map_err(|m| ArtifactError::at(Path::new("--version"), m))?;
+    check_identity(input.name, input.version)?;
     let model = Model::open(input.model)?;
     let reference = input.reference.map(Model::open).transpose()?;
     let target = input.target;
-    let dir = input
-        .out
-        .join(input.name)
+    let rel = Path::new(input.name)
         .join(input.version)
         .join(target.name());
+    let dir =
+        crate::guard::confined(input.out, &rel).map_err(|m| ArtifactError::at(input.out, m))?;
     let parent = dir.parent().expect("artifact folder has a parent");
     fs_err::create_dir_all(parent).map_err(|e| ArtifactError::at(parent, e.to_string()))?;
     let tmp = tempfile::Builder::new()
@@ -244,7 +244,7 @@ pub fn footprint_on(model: &Model, target: &Target, weight_bytes: u64) -> Footpr
     )
 }
 
-fn quantization_of(model: &Model) -> Quantization {
+pub(super) fn quantization_of(model: &Model) -> Quantization {
     let schemes: BTreeMap<String, String> = model
         .metadata()
         .into_iter()
@@ -310,7 +310,7 @@ fn format_name(model: &Model) -> &'static str {
     }
 }
 
-fn compatibility_of(model: &Model) -> Compatibility {
+pub(super) fn compatibility_of(model: &Model) -> Compatibility {
     let mut requires: Vec<String> = Vec::new();
     let gguf_version = model.gguf().map(GgufFile::version);
     match model.format {
@@ -353,6 +353,7 @@ fn file_name(path: &Path) -> String {
 
 /// Copies `from` to `to`, hashing the bytes as they pass.
 fn copy_hashed(from: &Path, to: &Path, rel: &str) -> Result<FileEntry, ArtifactError> {
+    crate::guard::regular_file(from).map_err(|e| ArtifactError::at(from, e.message))?;
     let mut reader =
         fs_err::File::open(from).map_err(|e| ArtifactError::at(from, e.to_string()))?;
     let mut writer = std::io::BufWriter::new(
@@ -388,6 +389,7 @@ fn copy_hashed(from: &Path, to: &Path, rel: &str) -> Result<FileEntry, ArtifactE
 
 /// Size and sha256 of a file, streamed.
 pub fn hash_file(path: &Path) -> Result<(u64, String), ArtifactError> {
+    crate::guard::regular_file(path).map_err(|e| ArtifactError::at(path, e.message))?;
     let mut reader =
         fs_err::File::open(path).map_err(|e| ArtifactError::at(path, e.to_string()))?;
     let mut hasher = Sha256::new();
@@ -400,58 +402,9 @@ fn write_all(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
     fs_err::write(path, bytes).map_err(|e| ArtifactError::at(path, format!("cannot write: {e}")))
 }
 
-/// Artifact names become folder names and registry repositories.
-fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("`{name}` is not a valid artifact name (lowercase letters, digits, `.`, `_`, `-`; starting with a letter or digit)"))
-    }
-}
-
-/// Semantic Versioning 2.0: MAJOR.MINOR.PATCH[-PRE][+BUILD].
-fn check_semver(v: &str) -> Result<(), String> {
-    let err = || format!("`{v}` is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.2.0)");
-    let (core, _build) = v.split_once('+').unwrap_or((v, ""));
-    let (core, pre) = core.split_once('-').unwrap_or((core, ""));
-    let parts: Vec<&str> = core.split('.').collect();
-    let numeric = |p: &str| {
-        !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && (p == "0" || !p.starts_with('0'))
-    };
-    if parts.len() != 3 || !parts.iter().all(|p| numeric(p)) {
-        return Err(err());
-    }
-    if v.contains('-')
-        && (pre.is_empty()
-            || !pre
-                .split('.')
-                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')))
-    {
-        return Err(err());
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn semver_and_names() {
-        for ok in ["1.0.0", "0.3.12", "2.0.0-rc.1", "1.0.0+build.5"] {
-            assert!(check_semver(ok).is_ok(), "{ok}");
-        }
-        for bad in ["1.0", "01.0.0", "1.0.0-", "v1.0.0", "1.0.x"] {
-            assert!(check_semver(bad).is_err(), "{bad}");
-        }
-        assert!(check_name("minilm-l6.q8").is_ok());
-        assert!(check_name("../x").is_err());
-        assert!(check_name("Upper").is_err());
-    }
+/// The name and version an artifact folder is made of, checked before any
+/// work: each must be one safe path component (`guard`).
+pub fn check_identity(name: &str, version: &str) -> Result<(), ArtifactError> {
+    crate::guard::artifact_name(name).map_err(|m| ArtifactError::at(Path::new("name"), m))?;
+    crate::guard::semver(version).map_err(|m| ArtifactError::at(Path::new("version"), m))
 }

@@ -37,7 +37,8 @@ pub struct Verification {
 /// Reads an artifact's manifest; a missing or unreadable one is an input error.
 pub fn read_manifest(dir: &Path) -> Result<(Manifest, String), ArtifactError> {
     let path = dir.join(MANIFEST);
-    let bytes = fs_err::read(&path).map_err(|e| ArtifactError::at(&path, e.to_string()))?;
+    let bytes = crate::guard::read_bytes(&path, crate::guard::Cap::JSON)
+        .map_err(|e| ArtifactError::at(&path, e.message))?;
     let manifest: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| ArtifactError::at(&path, format!("not an edgeforge manifest: {e}")))?;
     if manifest.schema != super::manifest::SCHEMA {
@@ -63,11 +64,13 @@ pub fn verify(
 ) -> Result<Verification, ArtifactError> {
     let (manifest, id) = read_manifest(dir)?;
     let mut checks = integrity(dir, &manifest);
+    checks.extend(super::consistency::structure(dir, &manifest));
     let intact = checks.iter().all(|c| c.passed);
     let target = crate::target::load(&manifest.target.name, targets_dir)
         .map_err(|e| ArtifactError::at(&dir.join(MANIFEST), e.to_string()))?;
     if intact {
         let model = Model::open(&payload_path(dir, &manifest))?;
+        checks.extend(super::consistency::derived(&manifest, &model, &target));
         let f = footprint_on(&model, &target, manifest.quantization.weight_bytes);
         let drift = if target.sha256 == manifest.target.sha256 {
             String::new()
@@ -97,6 +100,10 @@ pub fn verify(
         let (acc, source) = match reference {
             Some(r) => {
                 let reference = Model::open(r)?;
+                if manifest.metrics.accuracy.is_some() {
+                    // Recorded figures were measured against the recorded source.
+                    checks.push(super::consistency::source_matches(&manifest, &reference));
+                }
                 let (a, b) = (Engine::load(&model)?, Engine::load(&reference)?);
                 (
                     Some(accuracy::measure(&a, &b, eval)?),
@@ -202,6 +209,14 @@ pub fn integrity(dir: &Path, m: &Manifest) -> Vec<Check> {
     }
     let listed: std::collections::BTreeSet<&str> =
         m.files.iter().map(|f| f.path.as_str()).collect();
+    for empty in empty_dirs(dir, dir) {
+        checks.push(Check {
+            kind: "integrity",
+            name: empty,
+            passed: false,
+            detail: "a folder with no listed file in it (extra folder)".into(),
+        });
+    }
     for extra in walk(dir, dir) {
         if extra != MANIFEST && !listed.contains(extra.as_str()) {
             checks.push(Check {
@@ -215,6 +230,28 @@ pub fn integrity(dir: &Path, m: &Manifest) -> Vec<Check> {
     checks
 }
 
+/// Folders under `dir` that hold no file at any depth.
+fn empty_dirs(root: &Path, dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs_err::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if walk(root, &path).is_empty() {
+                if let Ok(rel) = path.strip_prefix(root) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            } else {
+                out.extend(empty_dirs(root, &path));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Relative paths of every file under `dir`, sorted.
 fn walk(root: &Path, dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -223,7 +260,8 @@ fn walk(root: &Path, dir: &Path) -> Vec<String> {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.is_dir() {
+        // Not followed: a symlinked folder could loop or lead anywhere.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
             out.extend(walk(root, &path));
         } else if let Ok(rel) = path.strip_prefix(root) {
             out.push(rel.to_string_lossy().into_owned());

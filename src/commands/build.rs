@@ -177,7 +177,7 @@ fn variants_table(index: &Index) -> String {
 
 /// `edgeforge select`.
 pub fn select(args: &SelectArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
-    let bytes = fs_err::read(&args.index)?;
+    let bytes = crate::guard::read_bytes(&args.index, crate::guard::Cap::JSON)?;
     let index: Index = serde_json::from_slice(&bytes)
         .with_context(|| format!("{}: not a dist index", args.index.display()))?;
     let want = Want {
@@ -189,10 +189,10 @@ pub fn select(args: &SelectArgs, printer: &Printer) -> anyhow::Result<ExitStatus
         if printer.json {
             printer.json_out(&serde_json::json!({ "selected": null }))?;
         }
-        eprintln!(
-            "error: no verified variant of {} {} fits {} MiB with the asked accelerator and format",
+        crate::printer::error_line(&format!(
+            "no verified variant of {} {} fits {} MiB with the asked accelerator and format",
             index.name, index.version, args.ram_mb
-        );
+        ));
         return Ok(ExitStatus::CheckFailed);
     };
     if printer.json {
@@ -256,7 +256,7 @@ pub fn index_merge(args: &IndexMergeArgs, printer: &Printer) -> anyhow::Result<E
         .indexes
         .iter()
         .map(|path| {
-            let bytes = fs_err::read(path)?;
+            let bytes = crate::guard::read_bytes(path, crate::guard::Cap::JSON)?;
             serde_json::from_slice::<Index>(&bytes)
                 .with_context(|| format!("{}: not a dist index", path.display()))
         })

@@ -225,7 +225,7 @@ fn aggregate(args: &FedAggregateArgs, printer: &Printer) -> anyhow::Result<ExitS
     let outcome = match result {
         Ok(o) => o,
         Err(e @ FedError::TooFewClients { .. }) => {
-            eprintln!("error: {e}");
+            crate::printer::error_line(&e.to_string());
             return Ok(ExitStatus::CheckFailed);
         }
         Err(e) => return Err(anyhow::Error::new(e).context("Cannot aggregate")),

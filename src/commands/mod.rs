@@ -10,6 +10,7 @@ mod profile;
 mod publish;
 mod quantize;
 mod run;
+mod shell;
 mod targets;
 
 pub use build::{build, index_merge, select};
@@ -48,5 +49,7 @@ pub fn dispatch(
         Command::Pull(args) => pull(&args, printer),
         Command::Index(crate::cli::IndexCommand::Merge(args)) => index_merge(&args, printer),
         Command::Fed(cmd) => fed(&cmd, global, printer),
+        Command::Completions(args) => shell::completions(&args),
+        Command::Man => shell::man(),
     }
 }

@@ -19,7 +19,7 @@ fn eval_texts(file: Option<&Path>) -> anyhow::Result<Vec<String>> {
             .map(|s| s.to_string())
             .collect());
     };
-    let text = fs_err::read_to_string(file)?;
+    let text = crate::guard::read_text(file, crate::guard::Cap::TEXT)?;
     let texts: Vec<String> = text
         .lines()
         .map(str::trim)

@@ -124,7 +124,7 @@ pub fn pull(args: &PullArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
         Ok(o) => o,
         Err(e @ crate::distribution::DistributionError::NoMatch { .. }) => {
             bar.finish_and_clear();
-            eprintln!("error: {}", sanitize(&e.to_string()));
+            crate::printer::error_line(&sanitize(&e.to_string()));
             return Ok(ExitStatus::CheckFailed);
         }
         Err(e) => return Err(anyhow::Error::new(e).context("Cannot pull")),

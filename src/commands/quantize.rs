@@ -110,7 +110,8 @@ pub fn quantize(
             Ok(plan) => plan,
             Err((plan, miss)) => {
                 let msg = format!(
-                    "Nothing fits {}: the smallest plan ({}, {}) needs {} against a budget of {}, missing it by {:.1} MB",
+                    "{}: nothing fits {}: the smallest plan ({}, {}) needs {} against a budget of {}, missing it by {:.1} MiB",
+                    args.model.display(),
                     t.name(),
                     plan.preset,
                     human_bytes(plan.total_bytes()),
@@ -121,7 +122,7 @@ pub fn quantize(
                 if printer.json {
                     printer.json_out(&serde_json::json!({"fits": false, "target": t.name(), "smallest_plan": plan.preset, "footprint": miss, "message": msg}))?;
                 }
-                eprintln!("error: {msg}");
+                crate::printer::error_line(&msg);
                 return Ok(ExitStatus::CheckFailed);
             }
         }

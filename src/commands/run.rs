@@ -52,7 +52,7 @@ struct EmbedReport<'a> {
 fn embed(args: &EmbedArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
     let mut texts = args.texts.clone();
     if let Some(file) = &args.file {
-        let body = fs_err::read_to_string(file)?;
+        let body = crate::guard::read_text(file, crate::guard::Cap::TEXT)?;
         texts.extend(
             body.lines()
                 .filter(|l| !l.trim().is_empty())
@@ -91,10 +91,19 @@ fn embed(args: &EmbedArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
     let mut out = String::new();
     match &report.similarity {
         Some(m) => {
-            for row in m {
+            // Numbered rows and columns, the texts listed below by number.
+            let header: Vec<String> = (1..=m.len()).map(|j| format!("{j:>7}")).collect();
+            out.push_str(&format!("    {}\n", header.join(" ")));
+            for (i, row) in m.iter().enumerate() {
                 let cells: Vec<String> = row.iter().map(|v| format!("{v:7.4}")).collect();
-                out.push_str(&cells.join(" "));
-                out.push('\n');
+                out.push_str(&format!("{:>3} {}\n", i + 1, cells.join(" ")));
+            }
+            for (i, text) in texts.iter().enumerate() {
+                out.push_str(&format!(
+                    "{:>3}  {}\n",
+                    i + 1,
+                    crate::guard::bounded(text, 72)
+                ));
             }
         }
         None => {

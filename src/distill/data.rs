@@ -23,8 +23,14 @@ impl Examples {
         max_length: usize,
         limit: Option<usize>,
     ) -> Result<Self, DistillError> {
-        let text =
-            fs_err::read_to_string(path).map_err(|e| DistillError::at(path, io_reason(&e)))?;
+        let text = crate::guard::read_text(path, crate::guard::Cap::TEXT).map_err(|e| {
+            let hint = if path.exists() {
+                ""
+            } else {
+                " (hint: `scripts/fetch-corpus` fetches the fortunes corpus the shipped recipes use)"
+            };
+            DistillError::at(path, format!("{}{hint}", e.message))
+        })?;
         let lines: Vec<&str> = text
             .lines()
             .map(str::trim)
@@ -53,13 +59,6 @@ impl Examples {
 
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
-    }
-}
-
-fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".into(),
-        _ => e.to_string(),
     }
 }
 

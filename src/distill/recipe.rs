@@ -163,9 +163,15 @@ pub struct LoadedRecipe {
 impl LoadedRecipe {
     /// Reads and checks a recipe; paths are relative to the recipe's folder
     /// after `${VAR}` expansion (`EDGEFORGE_MODELS` and `EDGEFORGE_DATA`
-    /// default to the folders `fetch.sh` and `scripts/fetch-corpus` fill).
+    /// default to the folders `scripts/fetch-models` and `scripts/fetch-corpus` fill).
     pub fn load(path: &Path) -> Result<Self, DistillError> {
-        let bytes = fs_err::read(path).map_err(|e| DistillError::at(path, e.to_string()))?;
+        let bytes = crate::guard::read_bytes(path, crate::guard::Cap::TOML)
+            .map_err(|e| DistillError::at(path, e.message))?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// A recipe from its bytes, `path` naming it and anchoring relative paths.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, DistillError> {
         let text =
             std::str::from_utf8(&bytes).map_err(|_| DistillError::at(path, "not UTF-8 text"))?;
         let recipe: Recipe = toml::from_str(text).map_err(|e| {

@@ -104,6 +104,10 @@ impl Engine {
         let tokenizer = match (&model.tokenizer, model.gguf()) {
             (Some(json), _) => TextTokenizer::from_json(json)?,
             (None, Some(gguf)) => TextTokenizer::from_gguf(gguf)?,
+            (None, None) if model.embedded_tokenizer().is_some() => TextTokenizer::from_json_bytes(
+                &model.path,
+                model.embedded_tokenizer().unwrap_or_default().as_bytes(),
+            )?,
             (None, None) => {
                 return Err(EngineError::Tokenizer {
                     path: model.path.clone(),
@@ -111,6 +115,18 @@ impl Engine {
                 })
             }
         };
+        let vocab = match &model.architecture {
+            Architecture::Bert(c) => c.vocab_size,
+            Architecture::Llama(c) => c.vocab_size,
+            Architecture::Other { .. } => usize::MAX,
+        };
+        // A token id past the embedding table would index out of it.
+        if let Some(id) = tokenizer.max_id().filter(|&id| id as usize >= vocab) {
+            return Err(EngineError::Tokenizer {
+                path: model.path.clone(),
+                message: format!("token id {id} is not below the model's vocabulary size {vocab}"),
+            });
+        }
         Ok(Self {
             network,
             tokenizer,

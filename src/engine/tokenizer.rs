@@ -34,11 +34,23 @@ impl TextTokenizer {
     /// Loads `tokenizer.json`, with its shipped padding and truncation turned
     /// off: a fixed 128-token window would change every embedding.
     pub fn from_json(path: &Path) -> Result<Self, EngineError> {
+        let bytes = crate::guard::read_bytes(path, crate::guard::Cap::TOKENIZER).map_err(|e| {
+            EngineError::Tokenizer {
+                path: path.to_path_buf(),
+                message: e.message,
+            }
+        })?;
+        Self::from_json_bytes(path, &bytes)
+    }
+
+    /// A `tokenizer.json` held in memory (embedded in a safetensors file),
+    /// `path` naming where it came from.
+    pub fn from_json_bytes(path: &Path, bytes: &[u8]) -> Result<Self, EngineError> {
         let err = |m: String| EngineError::Tokenizer {
             path: path.to_path_buf(),
             message: m,
         };
-        let mut inner = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
+        let mut inner = Tokenizer::from_bytes(bytes).map_err(|e| err(e.to_string()))?;
         inner.with_padding(None);
         inner
             .with_truncation(None)
@@ -54,6 +66,11 @@ impl TextTokenizer {
             eos,
             source: path.to_path_buf(),
         })
+    }
+
+    /// The largest token id, special tokens included.
+    pub fn max_id(&self) -> Option<u32> {
+        self.inner.get_vocab(true).into_values().max()
     }
 
     /// Token text to id, special tokens included (to compare two tokenizers).
@@ -146,6 +163,14 @@ impl TextTokenizer {
                         "BERT tokenizer needs cls and separator token ids".into()
                     ));
                 };
+                for (key, id) in [("cls", cls), ("separator", sep)] {
+                    if id as usize >= tokens.len() {
+                        return Err(err(format!(
+                            "{key} token id {id} is not below the vocabulary size {}",
+                            tokens.len()
+                        )));
+                    }
+                }
                 let mut t = Tokenizer::new(wp);
                 t.with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
                     .map_err(|e| err(e.to_string()))?;

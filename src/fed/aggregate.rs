@@ -101,6 +101,10 @@ fn file_name(p: &Path) -> String {
     )
 }
 
+/// The most examples one update may claim: a client's weight in FedAvg is its
+/// example count, so an unbounded claim (2^64 - 1) would take all the weight.
+pub const MAX_EXAMPLES: u64 = 1 << 32;
+
 /// Structure and provenance: the reason to turn `u` away, if any.
 fn provenance_problem(
     u: &Update,
@@ -141,6 +145,14 @@ fn provenance_problem(
     if u.meta.examples == 0 {
         return Err("reports no local examples".into());
     }
+    if u.meta.examples > MAX_EXAMPLES {
+        return Err(format!(
+            "reports {} local examples, more than the {MAX_EXAMPLES} one client may claim",
+            u.meta.examples
+        ));
+    }
+    crate::guard::path_component(&u.meta.client, "client id")?;
+    crate::guard::path_component(&u.meta.target, "target")?;
     let by_name: HashMap<&str, _> = weights
         .tensors()
         .iter()
@@ -514,6 +526,21 @@ pub fn aggregate(
                     b.copy_from_slice(&((g + o.server_lr * a) as f32).to_le_bytes());
                 }
             });
+        // A version with inf or NaN would load and print NaN embeddings with
+        // exit 0 on every device: refuse it here, naming the tensor.
+        if let Some(bad) = next
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .find(|v| !v.is_finite())
+        {
+            return Err(FedError::at(
+                &global.dir,
+                format!(
+                    "tensor `{}` of the new version would hold {bad}: refused (lower the server learning rate or clip updates)",
+                    t.name
+                ),
+            ));
+        }
         stream
             .write_tensor(&next)
             .map_err(|e| FedError::at(&out_weights, e.message))?;

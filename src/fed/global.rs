@@ -99,7 +99,8 @@ pub struct Global {
 impl Global {
     pub fn open(dir: &Path) -> Result<Self, FedError> {
         let path = dir.join(LINEAGE);
-        let bytes = fs_err::read(&path).map_err(|e| FedError::at(&path, e.to_string()))?;
+        let bytes = crate::guard::read_bytes(&path, crate::guard::Cap::JSON)
+            .map_err(|e| FedError::at(&path, e.message))?;
         let lineage: Lineage = serde_json::from_slice(&bytes)
             .map_err(|e| FedError::at(&path, format!("not a global version's lineage: {e}")))?;
         if lineage.schema != SCHEMA {

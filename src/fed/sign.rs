@@ -40,7 +40,8 @@ pub fn message(file: &SafetensorsFile) -> Vec<u8> {
 }
 
 fn read_key(path: &Path) -> Result<SigningKey, FedError> {
-    let text = fs_err::read_to_string(path).map_err(|e| FedError::at(path, e.to_string()))?;
+    let text = crate::guard::read_text(path, crate::guard::Cap::JSON)
+        .map_err(|e| FedError::at(path, e.message))?;
     let bytes: [u8; 32] = hex::decode(text.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -112,7 +113,8 @@ pub struct Trusted(BTreeMap<String, VerifyingKey>);
 
 impl Trusted {
     pub fn load(path: &Path) -> Result<Self, FedError> {
-        let text = fs_err::read_to_string(path).map_err(|e| FedError::at(path, e.to_string()))?;
+        let text = crate::guard::read_text(path, crate::guard::Cap::JSON)
+            .map_err(|e| FedError::at(path, e.message))?;
         let file: ClientsFile =
             toml::from_str(&text).map_err(|e| FedError::at(path, e.message().to_string()))?;
         let mut keys = BTreeMap::new();

@@ -119,7 +119,8 @@ fn resolve(recipe: &Path, p: &str) -> Result<PathBuf, FedError> {
 }
 
 pub fn load(path: &Path) -> Result<SimSpec, FedError> {
-    let text = fs_err::read_to_string(path).map_err(|e| FedError::at(path, e.to_string()))?;
+    let text = crate::guard::read_text(path, crate::guard::Cap::TOML)
+        .map_err(|e| FedError::at(path, e.message))?;
     let file: SimulateFile =
         toml::from_str(&text).map_err(|e| FedError::at(path, e.message().to_string()))?;
     let s = file.simulate;
@@ -182,7 +183,8 @@ fn shards(
     let mut rng = SplitMix64(seed ^ 0x5EED_F00D);
     let mut by_topic: Vec<Vec<String>> = Vec::new();
     for f in &files {
-        let text = fs_err::read_to_string(f).map_err(|e| FedError::at(f, e.to_string()))?;
+        let text = crate::guard::read_text(f, crate::guard::Cap::TEXT)
+            .map_err(|e| FedError::at(f, e.message))?;
         let lines: Vec<String> = text
             .lines()
             .filter(|l| !l.trim().is_empty() && !held_out.contains(*l))

@@ -127,8 +127,20 @@ impl Update {
     /// reject it.
     pub fn open(path: &Path) -> Result<Self, String> {
         let file = SafetensorsFile::open(path).map_err(|e| e.message)?;
-        let meta = UpdateMeta::from_map(file.metadata())?;
         let (_, sha256) = crate::artifact::hash_file(path).map_err(|e| e.to_string())?;
+        Self::from_file(path, file, sha256)
+    }
+
+    /// An update held in memory (the fuzzer's entry point; no file read).
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, String> {
+        use sha2::Digest;
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        let file = SafetensorsFile::from_bytes(path, bytes).map_err(|e| e.message)?;
+        Self::from_file(path, file, sha256)
+    }
+
+    fn from_file(path: &Path, file: SafetensorsFile, sha256: String) -> Result<Self, String> {
+        let meta = UpdateMeta::from_map(file.metadata())?;
         let by_name: BTreeMap<&str, &TensorEntry> = file
             .tensors()
             .iter()

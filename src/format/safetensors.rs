@@ -82,6 +82,7 @@ impl std::ops::Deref for FileBytes {
 impl SafetensorsFile {
     /// Maps and validates a file.
     pub fn open(path: &Path) -> Result<Self, SafetensorsError> {
+        crate::guard::regular_file(path).map_err(|e| SafetensorsError::new(path, e.message))?;
         let file = std::fs::File::open(path)
             .map_err(|e| SafetensorsError::new(path, format!("Cannot open: {e}")))?;
         // SAFETY: the map is read-only; a concurrent writer truncating the file
@@ -261,8 +262,8 @@ impl ShardedSafetensors {
                 shards: vec![SafetensorsFile::open(path)?],
             });
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SafetensorsError::new(path, format!("Cannot read: {e}")))?;
+        let text = crate::guard::read_text(path, crate::guard::Cap::JSON)
+            .map_err(|e| SafetensorsError::new(path, format!("Cannot read: {}", e.message)))?;
         let index: ShardIndex = serde_json::from_str(&text)
             .map_err(|e| SafetensorsError::new(path, format!("Invalid shard index: {e}")))?;
         let dir = path.parent().unwrap_or(Path::new("."));

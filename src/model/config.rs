@@ -138,6 +138,140 @@ impl Architecture {
     }
 }
 
+/// Bounds on hyperparameters read from files: far above every real model
+/// (Gemma's 262,144-token vocabulary, 128k contexts), far below what would
+/// make a shape product overflow or an allocation abort.
+mod bounds {
+    pub const VOCAB: usize = 1 << 22;
+    pub const WIDTH: usize = 1 << 16;
+    pub const LAYERS: usize = 1 << 10;
+    pub const POSITIONS: usize = 1 << 22;
+}
+
+fn bounded(key: &str, value: usize, max: usize) -> Result<(), String> {
+    if (1..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{key} = {value}: must be between 1 and {max}"))
+    }
+}
+
+fn divides(what: &str, a: usize, b_key: &str, b: usize) -> Result<(), String> {
+    if b.is_multiple_of(a) {
+        Ok(())
+    } else {
+        Err(format!("{what} = {a} does not divide {b_key} = {b}"))
+    }
+}
+
+impl BertConfig {
+    /// Every number the encoder sizes buffers or divides by, checked.
+    pub fn check(&self) -> Result<(), String> {
+        bounded("vocab_size", self.vocab_size, bounds::VOCAB)?;
+        bounded("hidden_size", self.hidden_size, bounds::WIDTH)?;
+        bounded("num_hidden_layers", self.num_hidden_layers, bounds::LAYERS)?;
+        bounded(
+            "num_attention_heads",
+            self.num_attention_heads,
+            self.hidden_size,
+        )?;
+        divides(
+            "num_attention_heads",
+            self.num_attention_heads,
+            "hidden_size",
+            self.hidden_size,
+        )?;
+        bounded(
+            "intermediate_size",
+            self.intermediate_size,
+            bounds::WIDTH * 8,
+        )?;
+        bounded(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            bounds::POSITIONS,
+        )?;
+        bounded("type_vocab_size", self.type_vocab_size, 1 << 10)?;
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
+            return Err(format!(
+                "layer_norm_eps = {}: must be finite and not negative",
+                self.layer_norm_eps
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LlamaConfig {
+    /// Every number the decoder sizes buffers or divides by, checked.
+    pub fn check(&self) -> Result<(), String> {
+        bounded("vocab_size", self.vocab_size, bounds::VOCAB)?;
+        bounded("hidden_size", self.hidden_size, bounds::WIDTH)?;
+        bounded("num_hidden_layers", self.num_hidden_layers, bounds::LAYERS)?;
+        bounded(
+            "num_attention_heads",
+            self.num_attention_heads,
+            self.hidden_size,
+        )?;
+        bounded(
+            "num_key_value_heads",
+            self.kv_heads(),
+            self.num_attention_heads,
+        )?;
+        divides(
+            "num_key_value_heads",
+            self.kv_heads(),
+            "num_attention_heads",
+            self.num_attention_heads,
+        )?;
+        bounded(
+            "intermediate_size",
+            self.intermediate_size,
+            bounds::WIDTH * 8,
+        )?;
+        bounded(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            bounds::POSITIONS,
+        )?;
+        let head_dim = self.head_dim();
+        bounded("head_dim", head_dim, 1 << 12)?;
+        if !head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "head_dim = {head_dim}: RoPE needs an even head size"
+            ));
+        }
+        if self.head_dim.is_none() {
+            divides(
+                "num_attention_heads",
+                self.num_attention_heads,
+                "hidden_size",
+                self.hidden_size,
+            )?;
+        }
+        for (key, v) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{key} = {v}: must be finite and not negative"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Architecture {
+    /// The family's hyperparameters checked, for models we run.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Architecture::Bert(c) => c.check(),
+            Architecture::Llama(c) => c.check(),
+            Architecture::Other { .. } => Ok(()),
+        }
+    }
+}
+
 /// Reads the architecture from a Hugging Face `config.json` text.
 pub fn from_hf_config(text: &str) -> Result<Architecture, String> {
     #[derive(Deserialize)]
@@ -195,5 +329,39 @@ mod tests {
             panic!("not llama")
         };
         assert_eq!((c.head_dim(), c.kv_heads()), (64, 3));
+    }
+
+    #[test]
+    fn hyperparameters_that_would_divide_by_zero_or_overflow_are_refused() {
+        let text = r#"{"model_type":"llama","vocab_size":49152,"hidden_size":576,"intermediate_size":1536,
+            "num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,"max_position_embeddings":8192}"#;
+        let Architecture::Llama(good) = from_hf_config(text).unwrap() else {
+            panic!("not llama")
+        };
+        assert!(good.check().is_ok());
+        type Edit = fn(&mut LlamaConfig);
+        let cases: [(Edit, &str); 5] = [
+            (|c| c.num_attention_heads = 0, "num_attention_heads = 0"),
+            (
+                |c| c.num_key_value_heads = Some(2),
+                "num_key_value_heads = 2 does not divide",
+            ),
+            (
+                |c| c.num_attention_heads = 1 << 31,
+                "num_attention_heads = 2147483648",
+            ),
+            (|c| c.vocab_size = usize::MAX, "vocab_size"),
+            (|c| c.rope_theta = f64::INFINITY, "rope_theta = inf"),
+        ];
+        for (edit, needle) in cases {
+            let mut c = good.clone();
+            edit(&mut c);
+            let e = c.check().unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+        let bert = r#"{"model_type":"bert","vocab_size":30522,"hidden_size":384,"num_hidden_layers":6,
+            "num_attention_heads":0,"intermediate_size":1536,"max_position_embeddings":512}"#;
+        let e = from_hf_config(bert).unwrap().check().unwrap_err();
+        assert!(e.contains("num_attention_heads = 0"), "{e}");
     }
 }

@@ -140,14 +140,70 @@ pub struct Model {
     source: Source,
 }
 
+/// Safetensors metadata keys under which `quantize` embeds the source's
+/// `config.json` and `tokenizer.json`, so a lone `.safetensors` it writes
+/// runs without side files.
+pub const EMBEDDED_CONFIG: &str = "edgeforge.config.json";
+pub const EMBEDDED_TOKENIZER: &str = "edgeforge.tokenizer.json";
+
 impl Model {
+    /// The side files a safetensors output should carry: the architecture as
+    /// an HF `config.json` and the `tokenizer.json` text, when known.
+    pub fn embeddable_side_files(&self) -> Result<BTreeMap<String, String>, ModelError> {
+        let mut out = BTreeMap::new();
+        let config = match &self.architecture {
+            Architecture::Bert(c) => serde_json::to_value(c).map(|mut v| {
+                v["model_type"] = "bert".into();
+                v
+            }),
+            Architecture::Llama(c) => serde_json::to_value(c).map(|mut v| {
+                v["model_type"] = "llama".into();
+                v
+            }),
+            Architecture::Other { .. } => return Ok(out),
+        }
+        .expect("configs serialize");
+        out.insert(EMBEDDED_CONFIG.to_string(), config.to_string());
+        let tokenizer = match &self.tokenizer {
+            Some(path) => Some(
+                crate::guard::read_text(path, crate::guard::Cap::TOKENIZER)
+                    .map_err(|e| ModelError::invalid(path, e.message))?,
+            ),
+            None => self.embedded_tokenizer().map(str::to_string),
+        };
+        if let Some(text) = tokenizer {
+            out.insert(EMBEDDED_TOKENIZER.to_string(), text);
+        }
+        Ok(out)
+    }
+
+    /// The `tokenizer.json` text a safetensors file carries in its metadata.
+    pub fn embedded_tokenizer(&self) -> Option<&str> {
+        match &self.source {
+            Source::Safetensors(st) => st
+                .shards
+                .first()
+                .and_then(|s| s.metadata().get(EMBEDDED_TOKENIZER))
+                .map(String::as_str),
+            Source::Gguf(_) => None,
+        }
+    }
+
     /// Opens a model folder, a `.safetensors` file, a shard index or a `.gguf` file.
     pub fn open(path: &Path) -> Result<Model, ModelError> {
         if path.is_dir() {
             return Self::open_dir(path);
         }
         if !path.exists() {
-            return Err(ModelError::invalid(path, "No such file or folder"));
+            let hint = if path.to_string_lossy().contains("edgeforge-models") {
+                " (hint: `scripts/fetch-models` downloads the example models)"
+            } else {
+                ""
+            };
+            return Err(ModelError::invalid(
+                path,
+                format!("No such file or folder{hint}"),
+            ));
         }
         if is_gguf(path)? {
             return Self::open_gguf(path);
@@ -183,10 +239,23 @@ impl Model {
     fn open_safetensors(user_path: &Path, weights: &Path, dir: &Path) -> Result<Model, ModelError> {
         let st = ShardedSafetensors::open(weights)?;
         let config_path = dir.join("config.json");
-        let architecture = if config_path.exists() {
-            let text = fs_err::read_to_string(&config_path)
-                .map_err(|e| ModelError::invalid(&config_path, e.to_string()))?;
-            config::from_hf_config(&text).map_err(|m| ModelError::invalid(&config_path, m))?
+        let embedded_config = st
+            .shards
+            .first()
+            .and_then(|s| s.metadata().get(EMBEDDED_CONFIG).cloned());
+        let architecture = if let (false, Some(text)) = (config_path.exists(), &embedded_config) {
+            let arch = config::from_hf_config(text)
+                .and_then(|a| a.check().map(|()| a))
+                .map_err(|m| ModelError::invalid(weights, format!("embedded config: {m}")))?;
+            arch
+        } else if config_path.exists() {
+            let text = crate::guard::read_text(&config_path, crate::guard::Cap::JSON)
+                .map_err(|e| ModelError::invalid(&config_path, e.message))?;
+            let arch =
+                config::from_hf_config(&text).map_err(|m| ModelError::invalid(&config_path, m))?;
+            arch.check()
+                .map_err(|m| ModelError::invalid(&config_path, format!("config: {m}")))?;
+            arch
         } else {
             Architecture::Other {
                 name: "unknown (no config.json)".into(),
@@ -234,6 +303,12 @@ impl Model {
     fn open_gguf(path: &Path) -> Result<Model, ModelError> {
         let file = GgufFile::open(path)?;
         let architecture = gguf_architecture(&file);
+        architecture.check().map_err(|m| {
+            ModelError::invalid(
+                path,
+                format!("{} hyperparameters: {m}", architecture.name()),
+            )
+        })?;
         let tensors = file
             .tensors()
             .iter()
@@ -310,6 +385,7 @@ impl Model {
 fn is_gguf(path: &Path) -> Result<bool, ModelError> {
     use std::io::Read;
     let mut magic = [0u8; 4];
+    crate::guard::regular_file(path).map_err(|e| ModelError::invalid(path, e.message))?;
     let mut file = std::fs::File::open(path)
         .map_err(|e| ModelError::invalid(path, format!("Cannot open: {e}")))?;
     let n = file
@@ -318,8 +394,8 @@ fn is_gguf(path: &Path) -> Result<bool, ModelError> {
     Ok(n == 4 && &magic == b"GGUF")
 }
 
-/// Typed hyperparameters from GGUF `<arch>.*` metadata.
-fn gguf_architecture(file: &GgufFile) -> Architecture {
+/// Typed hyperparameters from GGUF `<arch>.*` metadata: the family and hyperparameters a GGUF file declares (unchecked: see `Architecture::check`).
+pub fn gguf_architecture(file: &GgufFile) -> Architecture {
     let Some(arch) = file.architecture().map(str::to_string) else {
         return Architecture::Other {
             name: "unknown (no general.architecture)".into(),

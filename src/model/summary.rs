@@ -96,7 +96,19 @@ impl ModelSummary {
             },
             by_dtype,
             by_role,
-            metadata: model.metadata(),
+            metadata: model
+                .metadata()
+                .into_iter()
+                .map(|(k, v)| {
+                    // Embedded config and tokenizer files: their size, not their text.
+                    let v = if v.len() > 512 {
+                        format!("<{} bytes>", v.len())
+                    } else {
+                        v
+                    };
+                    (k, v)
+                })
+                .collect(),
             tensors: with_tensors.then(|| model.tensors.clone()),
         }
     }

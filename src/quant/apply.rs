@@ -231,6 +231,9 @@ fn write_safetensors(
 ) -> Result<Vec<TensorReport>, String> {
     let mut specs = Vec::new();
     let mut meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    // The output runs on its own: `run`, `profile`, `package` read these
+    // when no config.json / tokenizer.json sits beside it.
+    meta.extend(model.embeddable_side_files().map_err(|e| e.to_string())?);
     for (p, t, name) in planned {
         let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
         let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();

@@ -35,9 +35,11 @@ struct SourceFile {
 
 impl SourceFile {
     fn read(path: &Path) -> Result<Self, TargetError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TargetError::File {
-            file: path.to_path_buf(),
-            message: format!("Cannot read: {e}"),
+        let text = crate::guard::read_text(path, crate::guard::Cap::TOML).map_err(|e| {
+            TargetError::File {
+                file: path.to_path_buf(),
+                message: format!("Cannot read: {}", e.message),
+            }
         })?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -108,6 +110,16 @@ fn normalize(path: &Path) -> String {
 /// Loads and validates one profile file (resolving `extends`).
 pub fn load_file(path: &Path) -> Result<Target, TargetError> {
     resolve(SourceFile::read(path)?)
+}
+
+/// A profile from its text, `path` naming it in errors (parents named by
+/// `extends` are read relative to it).
+pub fn from_text(path: &Path, text: &str) -> Result<Target, TargetError> {
+    resolve(SourceFile {
+        path: path.to_path_buf(),
+        text: text.to_string(),
+        builtin: None,
+    })
 }
 
 /// Finds a target by name or path: a path to a `.toml` file; else the name
@@ -441,7 +453,7 @@ min_top1_agreement = 0.9
     fn zero_ram_is_impossible() {
         let e = err_of(&GOOD.replace("ram_mb = 1024", "ram_mb = 0"));
         assert!(
-            e.ends_with("t.toml:6: memory.ram_mb: Must be greater than 0, got 0"),
+            e.ends_with("t.toml:6: memory.ram_mb: Must be between 1 and 16777216, got 0"),
             "{e}"
         );
     }
@@ -450,7 +462,9 @@ min_top1_agreement = 0.9
     fn share_above_one_is_impossible() {
         let e = err_of(&GOOD.replace("0.5", "1.5"));
         assert!(
-            e.contains("t.toml:7: memory.model_budget_share: Must be in (0, 1], got 1.5"),
+            e.contains(
+                "t.toml:7: memory.model_budget_share: Must be between 0.0001 and 1, got 1.5"
+            ),
             "{e}"
         );
     }
@@ -515,7 +529,7 @@ min_top1_agreement = 0.9
         );
         let e = load_file(&child).unwrap_err().to_string();
         assert!(
-            e.contains("base.toml:13: cpu.cores: Must be greater than 0"),
+            e.contains("base.toml:13: cpu.cores: Must be between 1 and 4096, got 0"),
             "{e}"
         );
     }

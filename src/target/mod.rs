@@ -15,8 +15,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use load::{load, load_all, load_file, TargetError};
+pub use load::{from_text, load, load_all, load_file, TargetError};
 pub use schema::TargetSpec;
+pub use validate::MAX_MB;
 
 use crate::quant::Scheme;
 

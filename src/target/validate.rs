@@ -8,19 +8,35 @@ use crate::quant::Scheme;
 
 type Problem = (String, String);
 
-fn positive(key: &str, value: f64) -> Result<(), Problem> {
-    if value > 0.0 && value.is_finite() {
+/// The largest memory, in MiB, any profile may state (16 TiB): beyond it the
+/// byte counts of the fit arithmetic stop being exact in f64 and near u64's end.
+pub const MAX_MB: u64 = 1 << 24;
+
+/// `value` is finite and within `lo..=hi`, bounds named in the refusal: a
+/// number past them is a typo, and it would make every projection absurd.
+fn within(key: &str, value: f64, lo: f64, hi: f64) -> Result<(), Problem> {
+    if value.is_finite() && (lo..=hi).contains(&value) {
         Ok(())
     } else {
-        Err((key.into(), format!("Must be greater than 0, got {value}")))
+        Err((
+            key.into(),
+            format!("Must be between {lo} and {hi}, got {value}"),
+        ))
     }
 }
 
 fn fraction(key: &str, value: f64) -> Result<(), Problem> {
-    if (0.0..=1.0).contains(&value) {
+    within(key, value, 0.0, 1.0)
+}
+
+fn count(key: &str, value: u64, hi: u64) -> Result<(), Problem> {
+    if (1..=hi).contains(&value) {
         Ok(())
     } else {
-        Err((key.into(), format!("Must be between 0 and 1, got {value}")))
+        Err((
+            key.into(),
+            format!("Must be between 1 and {hi}, got {value}"),
+        ))
     }
 }
 
@@ -68,19 +84,34 @@ pub fn check(t: &TargetSpec) -> Result<(), Problem> {
     }
     one_of("class", &t.class, CLASSES, "class")?;
     let m = &t.memory;
-    positive("memory.ram_mb", m.ram_mb as f64)?;
-    positive("memory.storage_mb", m.storage_mb as f64)?;
+    count("memory.ram_mb", m.ram_mb, MAX_MB)?;
+    count("memory.storage_mb", m.storage_mb, MAX_MB << 6)?;
+    if m.runtime_overhead_mb >= m.ram_mb {
+        return Err((
+            "memory.runtime_overhead_mb".into(),
+            format!(
+                "Must be less than ram_mb ({}), got {}",
+                m.ram_mb, m.runtime_overhead_mb
+            ),
+        ));
+    }
     match (m.model_budget_share, m.model_budget_mb) {
+        (None, None) => {
+            return Err((
+                "memory".into(),
+                "Give model_budget_share or model_budget_mb".into(),
+            ))
+        }
         (Some(_), Some(_)) => {
             return Err((
                 "memory.model_budget_mb".into(),
                 "Give model_budget_share or model_budget_mb, not both".into(),
             ))
         }
-        (Some(share), None) if !(share > 0.0 && share <= 1.0) => {
+        (Some(share), None) if !(1e-4..=1.0).contains(&share) => {
             return Err((
                 "memory.model_budget_share".into(),
-                format!("Must be in (0, 1], got {share}"),
+                format!("Must be between 0.0001 and 1, got {share}"),
             ))
         }
         (None, Some(mb)) if mb == 0 || mb > m.ram_mb => {
@@ -93,10 +124,10 @@ pub fn check(t: &TargetSpec) -> Result<(), Problem> {
     }
     let c = &t.cpu;
     one_of("cpu.arch", &c.arch, ARCHES, "architecture")?;
-    positive("cpu.cores", f64::from(c.cores))?;
-    positive("cpu.clock_ghz", c.clock_ghz)?;
-    positive("cpu.peak_gflops", c.peak_gflops)?;
-    positive("cpu.mem_bandwidth_gbs", c.mem_bandwidth_gbs)?;
+    count("cpu.cores", u64::from(c.cores), 4096)?;
+    within("cpu.clock_ghz", c.clock_ghz, 0.001, 20.0)?;
+    within("cpu.peak_gflops", c.peak_gflops, 1e-4, 1e7)?;
+    within("cpu.mem_bandwidth_gbs", c.mem_bandwidth_gbs, 1e-4, 1e5)?;
     for s in &c.simd {
         one_of("cpu.simd", s, SIMD, "SIMD feature")?;
     }
@@ -107,7 +138,7 @@ pub fn check(t: &TargetSpec) -> Result<(), Problem> {
             ACCELERATOR_KINDS,
             "accelerator kind",
         )?;
-        positive("accelerators.peak_tops", a.peak_tops)?;
+        within("accelerators.peak_tops", a.peak_tops, 1e-6, 1e5)?;
         one_of(
             "accelerators.peak_tops_dtype",
             &a.peak_tops_dtype,
@@ -131,16 +162,19 @@ pub fn check(t: &TargetSpec) -> Result<(), Problem> {
         one_of("runtimes.format", &r.format, FORMATS, "format")?;
         schemes("runtimes.weight_schemes", &r.weight_schemes)?;
     }
-    positive("workload.context_tokens", t.workload.context_tokens as f64)?;
-    positive("workload.batch", t.workload.batch as f64)?;
+    count(
+        "workload.context_tokens",
+        t.workload.context_tokens,
+        1 << 24,
+    )?;
+    count("workload.batch", t.workload.batch, 1 << 16)?;
     fraction("accuracy.max_cosine_drop", t.accuracy.max_cosine_drop)?;
     fraction("accuracy.min_top1_agreement", t.accuracy.min_top1_agreement)?;
-    let ppl = t.accuracy.max_perplexity_increase_pct;
-    if ppl.is_nan() || ppl < 0.0 {
-        return Err((
-            "accuracy.max_perplexity_increase_pct".into(),
-            "Must be 0 or more".into(),
-        ));
-    }
+    within(
+        "accuracy.max_perplexity_increase_pct",
+        t.accuracy.max_perplexity_increase_pct,
+        0.0,
+        1e4,
+    )?;
     Ok(())
 }

@@ -36,13 +36,13 @@ fn cache_folder(env: &str, default: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("HOME or {env} is set"))
 }
 
-/// The real-model cache of `../shared/models/fetch.sh`. Panics with the fix
+/// The real-model cache of `scripts/fetch-models`. Panics with the fix
 /// when a model is missing: CI must not skip real-model tests silently.
 pub fn model_dir(name: &str) -> PathBuf {
     let dir = cache_folder("EDGEFORGE_MODELS", "edgeforge-models").join(name);
     assert!(
         dir.join(".ok").exists(),
-        "real model `{name}` missing in {}: run ../shared/models/fetch.sh {name}",
+        "real model `{name}` missing in {}: run scripts/fetch-models {name}",
         dir.display()
     );
     dir
@@ -71,7 +71,7 @@ pub fn smollm2_gguf() -> PathBuf {
 
 /// Reference results shipped beside the models.
 pub fn refs_dir() -> PathBuf {
-    repo_root().join("../shared/models/refs")
+    repo_root().join("tests/fixtures/refs")
 }
 
 /// The Python with the reference packages (`gguf`, numpy): `$EDGEFORGE_PYTHON`,

@@ -263,6 +263,16 @@ fn drifted_and_forged_updates_are_rejected_with_their_reason_and_the_round_goes_
         ("dup-1", "client `c-dup` sent 2 updates"),
         ("dup-2", "client `c-dup` sent 2 updates"),
         ("nan", "NaN or Inf in tensor `b.bias`"),
+        (
+            "all-examples",
+            "more than the 4294967296 one client may claim",
+        ),
+        ("empty-client", "client id `` is not a safe name"),
+        (
+            "path-client",
+            "client id `../../etc/passwd` is not a safe name",
+        ),
+        ("path-target", "target `../x` is not a safe name"),
         ("truncated", ""),
     ];
     let mut all = updates(&ups, 3);
@@ -720,4 +730,30 @@ fn a_simulated_federation_is_reproduced_by_rerunning_its_recipe() {
         };
         assert_eq!(strip(&a[key]), strip(&b[key]), "{key}");
     }
+}
+
+#[test]
+fn a_round_that_would_make_a_non_finite_global_is_refused_naming_the_tensor() {
+    let fed = Fed::new();
+    let ups = fed.path("big");
+    run_py(
+        "fed_ref.py",
+        &[Path::new("overflow"), &fed.path("v0"), &ups],
+    );
+    let out = aggregate(
+        &fed,
+        &[ups.join("big.safetensors")],
+        "v1",
+        &["--server-lr", "10"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("of the new version would hold inf"), "{err}");
+    assert!(!fed.path("v1").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(fed.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

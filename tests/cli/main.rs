@@ -7,6 +7,7 @@ mod distribution;
 mod engine;
 mod fed;
 mod gguf;
+mod hostile;
 mod inspect;
 mod package;
 mod profile;

@@ -145,7 +145,7 @@ fn fit_picks_per_target_and_exits_1_when_nothing_fits() {
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(v["fits"], false);
     assert!(
-        stderr.contains("Nothing fits esp32-s3-8mb") && stderr.contains("missing it by"),
+        stderr.contains("minilm: nothing fits esp32-s3-8mb") && stderr.contains("missing it by"),
         "{stderr}"
     );
     assert!(!out.exists(), "no output when nothing fits");
@@ -303,4 +303,80 @@ fn failed_write_mid_stream_leaves_no_partial_file_and_keeps_the_old_output() {
         1,
         "no temp file left"
     );
+}
+
+#[test]
+fn a_lone_safetensors_output_runs_packages_and_verifies_without_side_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("minilm.int8pc.safetensors");
+    edgeforge()
+        .args(["-q", "quantize", "--scheme", "int8_pc", "-o"])
+        .arg(&out)
+        .arg(minilm())
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "one file, no side files"
+    );
+    let v = json_success(
+        edgeforge()
+            .args(["--json", "run", "embed"])
+            .arg(&out)
+            .args(["--text", "The weather is lovely today."])
+            .args(["--text", "It's so sunny outside!", "--similarity"]),
+    );
+    // The published sentence-transformers figure is 0.6660; int8 stays close.
+    let sim = v["similarity"][0][1].as_f64().unwrap();
+    assert!((sim - 0.666).abs() < 0.02, "{sim}");
+    let inspect = edgeforge().arg("inspect").arg(&out).output().unwrap();
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.contains("bert encoder"), "{text}");
+    assert!(text.contains("edgeforge.tokenizer.json = <"), "{text}");
+    let dist = dir.path().join("dist");
+    edgeforge()
+        .args(["-q", "package"])
+        .arg(&out)
+        .args([
+            "--target",
+            "rpi5-8gb",
+            "--name",
+            "minilm",
+            "--version",
+            "1.0.0",
+            "--reference",
+        ])
+        .arg(minilm())
+        .arg("--out")
+        .arg(&dist)
+        .assert()
+        .success();
+    edgeforge()
+        .arg("verify")
+        .arg(dist.join("minilm/1.0.0/rpi5-8gb"))
+        .assert()
+        .success();
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_parser() {
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let out = edgeforge().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("quantize") && text.contains("--fit"),
+            "{shell}"
+        );
+    }
+    let out = edgeforge().arg("man").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    assert!(text.contains("quantize"));
 }

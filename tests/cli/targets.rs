@@ -91,7 +91,7 @@ fn zero_ram_exits_2_naming_the_key() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains(
-            "bad.toml:9: memory.ram_mb: Must be greater than 0, got 0",
+            "bad.toml:9: memory.ram_mb: Must be between 1 and 16777216, got 0",
         ));
 }
 

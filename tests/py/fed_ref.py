@@ -121,6 +121,12 @@ def main():
             "huge-norm": ({k: v * 1000 for k, v in delta().items()}, meta(gid, lineage, "c-norm", 10)),
             "dup-1": (delta(), meta(gid, lineage, "c-dup", 10)),
             "dup-2": (delta(), meta(gid, lineage, "c-dup", 20)),
+            # Hostile metadata (issue 20): an example count that would take all
+            # the weight, client ids and targets that are not names.
+            "all-examples": (delta(), meta(gid, lineage, "c-greedy", 2**64 - 1)),
+            "empty-client": (delta(), meta(gid, lineage, "", 10)),
+            "path-client": (delta(), meta(gid, lineage, "../../etc/passwd", 10)),
+            "path-target": (delta(), meta(gid, lineage, "c-target", 10, target="../x")),
         }
         nan = delta()
         nan["b.bias"][1] = np.nan
@@ -128,6 +134,11 @@ def main():
         for name, (tensors, m) in cases.items():
             save_file(tensors, str(out / f"{name}.safetensors"), metadata=m)
         (out / "truncated.safetensors").write_bytes((out / "nan.safetensors").read_bytes()[:100])
+        return
+    if mode == "overflow":
+        # One finite update whose values overflow f32 once scaled by the server lr.
+        big = {k: np.full(s, 3.0e38, dtype=np.float32) for k, s in SHAPES.items()}
+        save_file(big, str(out / "big.safetensors"), metadata=meta(gid, lineage, "c-big", 10))
         return
     raise SystemExit(f"unknown mode {mode}")
 

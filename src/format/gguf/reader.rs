@@ -82,6 +82,7 @@ impl GgufFile {
             path: path.to_path_buf(),
             message: m,
         };
+        crate::guard::regular_file(path).map_err(|e| err(e.message))?;
         let file = std::fs::File::open(path).map_err(|e| err(format!("Cannot open: {e}")))?;
         // SAFETY: read-only map; a concurrent truncation is the limit of any mmap reader.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| err(format!("Cannot map: {e}")))?;
