@@ -483,6 +483,10 @@ pub struct PackageArgs {
     /// Replace an existing artifact with different contents
     #[arg(long)]
     pub force: bool,
+    /// Package even when the measured accuracy misses the target's budget
+    /// (by default that is refused with exit 1, as verify would fail it)
+    #[arg(long)]
+    pub no_gate: bool,
     /// Also write the artifact as one deterministic tar beside its folder
     #[arg(long)]
     pub tar: bool,
@@ -511,6 +515,14 @@ pub struct VerifyArgs {
     /// version: the version it names, and its source files are that version's model
     #[arg(long, value_name = "DIR")]
     pub global: Option<PathBuf>,
+    /// Fail unless the artifact's id (its manifest's sha256) is this one:
+    /// catches a consistent forgery that re-hashed its own manifest
+    #[arg(long, value_name = "ID")]
+    pub expect_id: Option<String>,
+    /// Accept a target profile that changed since packaging (by default its
+    /// sha256 must match the one recorded, or the fit figures mean nothing)
+    #[arg(long)]
+    pub allow_target_drift: bool,
 }
 
 /// `edgeforge distill RECIPE`
@@ -547,7 +559,7 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub all_targets: bool,
     /// Context tokens for the KV cache and activations (default: each target's)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
     pub context: Option<u64>,
     /// Sequences processed at once (scales activations and KV cache)
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -695,7 +707,7 @@ pub struct QuantizeArgs {
     #[arg(long, value_enum)]
     pub format: Option<OutputFormatArg>,
     /// Context length for the KV cache in `--fit` (default: the target's)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
     pub context: Option<u64>,
     /// Allow re-quantizing an already block-quantized input (errors compound)
     #[arg(long)]

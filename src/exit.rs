@@ -43,25 +43,78 @@ pub fn run() -> ExitCode {
         Err(err) => {
             let code = if err.use_stderr() { EXIT_ERROR } else { 0 };
             let _ = err.print();
+            // Flags did not parse, so `--json` is looked for by hand: a
+            // script asking for JSON gets JSON even for a usage error.
+            if code != 0 && std::env::args().any(|a| a == "--json") {
+                json_error("usage", &err.kind().to_string(), code);
+            }
             return ExitCode::from(code);
         }
     };
     init_tracing(&cli.global);
+    let json = cli.global.json;
     if let Err(err) = init_threads(cli.global.threads) {
-        return report_error(&err);
+        return report_error(&err, json);
     }
     let printer = Printer::from_args(&cli.global);
     match crate::commands::dispatch(cli.command, &cli.global, &printer) {
         Ok(status) => status.into(),
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
-        Err(err) => report_error(&err),
+        Err(err) => report_error(&err, json),
     }
 }
 
+/// What kind of input an error is about, for scripts reading `--json`.
+fn error_kind(err: &anyhow::Error) -> &'static str {
+    for cause in err.chain() {
+        if cause.is::<crate::guard::GuardError>() {
+            return "input";
+        }
+        if cause.is::<crate::model::ModelError>() {
+            return "model";
+        }
+        if cause.is::<crate::target::TargetError>() {
+            return "target";
+        }
+        if cause.is::<crate::artifact::ArtifactError>() {
+            return "artifact";
+        }
+        if cause.is::<crate::engine::EngineError>() {
+            return "engine";
+        }
+        if cause.is::<crate::fed::FedError>() {
+            return "fed";
+        }
+        if cause.is::<std::io::Error>() {
+            return "io";
+        }
+    }
+    "usage"
+}
+
+/// `{"error": {"kind", "message", "hint"?}, "exit_code"}` on stdout.
+fn json_error(kind: &str, message: &str, code: u8) {
+    use std::io::Write;
+    let (message, hint) = match message.split_once(" (hint: ") {
+        Some((m, h)) => (m.to_string(), Some(h.trim_end_matches(')').to_string())),
+        None => (message.to_string(), None),
+    };
+    let mut error = serde_json::json!({ "kind": kind, "message": message });
+    if let Some(h) = hint {
+        error["hint"] = h.into();
+    }
+    let body = serde_json::json!({ "error": error, "exit_code": code });
+    let _ = writeln!(std::io::stdout().lock(), "{body}");
+}
+
 /// Prints an error and its causes on one line, as `error: outer: cause: root`.
-fn report_error(err: &anyhow::Error) -> ExitCode {
+fn report_error(err: &anyhow::Error, json: bool) -> ExitCode {
     // Bounded: a cause may echo untrusted text (a misparsed key, a file's bytes).
-    crate::printer::error_line(&crate::guard::bounded(&format!("{err:#}"), MAX_ERROR_CHARS));
+    let line = crate::guard::bounded(&format!("{err:#}"), MAX_ERROR_CHARS);
+    crate::printer::error_line(&line);
+    if json {
+        json_error(error_kind(err), &line, EXIT_ERROR);
+    }
     ExitCode::from(EXIT_ERROR)
 }
 

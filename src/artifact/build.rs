@@ -453,6 +453,8 @@ pub(super) fn build_target(
         eval: eval.to_vec(),
         out: o.dist,
         force: true,
+        // Built anyway, so the table shows by how much; the index marks it unverified.
+        gate: false,
     })?;
     let _ = fs_err::remove_dir_all(&work);
     bar.set_message("verifying");
@@ -511,7 +513,16 @@ fn write_index(
             .unwrap_or(&dir)
             .to_string_lossy()
             .into_owned();
-        let verified = verify::integrity(&dir, &m).iter().all(|c| c.passed);
+        // Selectable only if intact and within its target's accuracy budget:
+        // `select` must never hand out a variant `verify` fails.
+        let within_budget = match (
+            &m.metrics.accuracy,
+            target::load(&m.target.name, targets_dir),
+        ) {
+            (Some(acc), Ok(t)) => acc.gates(&t.spec.accuracy).iter().all(|g| g.passed),
+            _ => true,
+        };
+        let verified = within_budget && verify::integrity(&dir, &m).iter().all(|c| c.passed);
         variants.push(variant_of(&m, id, artifact, verified, targets_dir));
     }
     let index = Index {
@@ -546,8 +557,21 @@ pub fn variant_of(
         size_bytes: m.metrics.size_bytes,
         peak_ram_bytes: m.metrics.total_bytes,
         bits_per_weight: m.quantization.bits_per_weight,
+        // Only the accelerators whose runtime loads this variant's format: a
+        // GGUF on a Pixel runs on its CPU, not on its TPU (LiteRT reads TFLite).
         accelerators: target
-            .map(|t| t.spec.accelerators.iter().map(|a| a.kind.clone()).collect())
+            .map(|t| {
+                t.spec
+                    .accelerators
+                    .iter()
+                    .filter(|a| {
+                        t.spec.runtimes.iter().any(|r| {
+                            a.runtimes.contains(&r.name) && r.format == m.quantization.format
+                        })
+                    })
+                    .map(|a| a.kind.clone())
+                    .collect()
+            })
             .unwrap_or_default(),
         accuracy_delta: acc.and_then(|a| a.cosine_drop.or(a.perplexity_increase_pct)),
         latency_ms: projection.and_then(|p| p.latency_ms),

@@ -41,6 +41,13 @@ pub enum ArtifactError {
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
+    /// The model misses its target's accuracy budget: nothing was written.
+    #[error("{model}: misses the accuracy budget of {target}: {failed}")]
+    Gate {
+        model: PathBuf,
+        target: String,
+        failed: String,
+    },
 }
 
 impl ArtifactError {
@@ -69,6 +76,9 @@ pub struct PackageInput<'a> {
     /// The `dist/` root.
     pub out: &'a Path,
     pub force: bool,
+    /// Refuse (nothing written) a model whose measured accuracy misses the
+    /// target's budget, as `verify` would fail it.
+    pub gate: bool,
 }
 
 /// A packaged artifact.
@@ -142,6 +152,24 @@ pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
         }
         None => None,
     };
+    if let (true, Some(acc)) = (input.gate, &accuracy) {
+        let failed: Vec<String> = acc
+            .gates(&target.spec.accuracy)
+            .iter()
+            .filter(|g| !g.passed)
+            .map(|g| {
+                let rel = if g.kind == "max" { "<=" } else { ">=" };
+                format!("{} {:.6} is not {rel} {}", g.metric, g.value, g.limit)
+            })
+            .collect();
+        if !failed.is_empty() {
+            return Err(ArtifactError::Gate {
+                model: input.model.to_path_buf(),
+                target: target.name().into(),
+                failed: failed.join("; "),
+            });
+        }
+    }
     let footprint = footprint_on(&model, target, quantization.weight_bytes);
     // GGUF runtimes (llama.cpp and kin) run on the CPU, not on NPUs.
     let scheme = main_scheme(&model, &quantization);

@@ -78,6 +78,21 @@ pub fn verify(
             " (the target profile changed since packaging)".into()
         };
         checks.push(Check {
+            kind: "manifest",
+            name: "target".into(),
+            passed: target.sha256 == manifest.target.sha256,
+            detail: if target.sha256 == manifest.target.sha256 {
+                format!("{} is the profile it was packaged for", target.name())
+            } else {
+                format!(
+                    "{}'s profile has sha256 {}, the manifest recorded {} (pass --allow-target-drift to accept)",
+                    target.name(),
+                    target.sha256,
+                    manifest.target.sha256
+                )
+            },
+        });
+        checks.push(Check {
             kind: "fit",
             name: target.name().into(),
             passed: f.fits(),

@@ -180,6 +180,15 @@ pub fn select(args: &SelectArgs, printer: &Printer) -> anyhow::Result<ExitStatus
     let bytes = crate::guard::read_bytes(&args.index, crate::guard::Cap::JSON)?;
     let index: Index = serde_json::from_slice(&bytes)
         .with_context(|| format!("{}: not a dist index", args.index.display()))?;
+    if let Some(kind) = &args.accelerator {
+        let known = crate::target::schema::ACCELERATOR_KINDS;
+        anyhow::ensure!(
+            known.contains(&kind.as_str()),
+            "--accelerator `{}`: unknown kind (known: {})",
+            crate::guard::bounded(kind, 32),
+            known.join(", ")
+        );
+    }
     let want = Want {
         ram_mb: args.ram_mb,
         accelerator: args.accelerator.as_deref(),

@@ -54,8 +54,20 @@ pub fn package(
         eval,
         out: &args.out,
         force: args.force,
-    })
-    .context("Cannot package")?;
+        gate: !args.no_gate,
+    });
+    let packaged = match packaged {
+        Err(e @ artifact::ArtifactError::Gate { .. }) => {
+            spinner.finish_and_clear();
+            if printer.json {
+                printer
+                    .json_out(&serde_json::json!({ "packaged": false, "gate": e.to_string() }))?;
+            }
+            crate::printer::error_line(&format!("{e} (pass --no-gate to package it anyway)"));
+            return Ok(ExitStatus::CheckFailed);
+        }
+        other => other.context("Cannot package")?,
+    };
     spinner.finish_and_clear();
     let m = &packaged.manifest;
     let tar = if args.tar {
@@ -146,6 +158,31 @@ pub fn verify(
             passed: result.is_ok(),
             detail: result.unwrap_or_else(|e| e),
         });
+    }
+    if let Some(want) = &args.expect_id {
+        let passed = *want == v.id;
+        v.passed &= passed;
+        v.checks.push(check::Check {
+            kind: "manifest",
+            name: "id".into(),
+            passed,
+            detail: if passed {
+                "the expected id".into()
+            } else {
+                format!("id {}, expected {want}", v.id)
+            },
+        });
+    }
+    if args.allow_target_drift {
+        for c in v
+            .checks
+            .iter_mut()
+            .filter(|c| c.kind == "manifest" && c.name == "target")
+        {
+            c.passed = true;
+            c.detail.push_str(" (accepted: --allow-target-drift)");
+        }
+        v.passed = v.checks.iter().all(|c| c.passed);
     }
     if let Some(path) = &args.junit {
         write_atomic(path, check::junit(&v).as_bytes(), Overwrite::Allow)?;

@@ -50,6 +50,10 @@ struct EmbedReport<'a> {
 }
 
 fn embed(args: &EmbedArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    anyhow::ensure!(
+        args.texts.iter().all(|t| !t.trim().is_empty()),
+        "--text is empty: give the text to embed"
+    );
     let mut texts = args.texts.clone();
     if let Some(file) = &args.file {
         let body = crate::guard::read_text(file, crate::guard::Cap::TEXT)?;

@@ -15,3 +15,4 @@ mod quant_kernels;
 mod quantize;
 mod safetensors;
 mod targets;
+mod trust;
