@@ -426,6 +426,9 @@ pub struct BuildArgs {
     /// With --cache: plain HTTP instead of HTTPS
     #[arg(long, requires = "cache")]
     pub plain_http: bool,
+    /// Replace artifacts that `package` made in the same folders
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The shape of `build --matrix`.

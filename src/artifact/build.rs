@@ -152,6 +152,8 @@ pub struct BuildOptions<'a> {
     pub cache: Option<&'a Cache<'a>>,
     /// A progress bar for one target (hidden when nobody watches).
     pub progress: &'a (dyn Fn(&str) -> indicatif::ProgressBar + Sync),
+    /// Replace an artifact this recipe did not make (one `package` made).
+    pub force: bool,
 }
 
 /// A path named in `recipe`, with `${VAR}`s expanded, relative to the recipe's folder.
@@ -286,8 +288,17 @@ pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
             Inputs::of_manifest(m).as_ref() == Some(inputs)
                 && verify::integrity(&dir, m).iter().all(|c| c.passed)
         });
+        // An artifact `package` made (no build inputs recorded) is not ours to replace.
+        let foreign = read_manifest(&dir)
+            .ok()
+            .filter(|(m, _)| !o.force && Inputs::of_manifest(m).is_none());
         let done = if let Some((_, id)) = local {
             outcome("skipped", format!("inputs unchanged: artifact {id}"))
+        } else if let Some((_, id)) = foreign {
+            outcome(
+                "failed",
+                format!("{} holds artifact {id}, which `package` made, not a build: pass --force to replace it", dir.display()),
+            )
         } else if let Some(cache) = o.cache {
             match cache(t, &inputs.hash(), &dir) {
                 Ok(Some(detail)) => outcome("cached", detail),

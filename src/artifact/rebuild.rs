@@ -53,6 +53,7 @@ pub fn rebuild(
         on_done: &|_| {},
         cache: None,
         progress: &|_| indicatif::ProgressBar::hidden(),
+        force: true,
     };
     let built = build::build_target(
         &options,

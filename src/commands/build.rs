@@ -111,6 +111,7 @@ pub fn build(
         on_done: &on_done,
         cache: args.cache.is_some().then_some(&cache as &build::Cache),
         progress: &progress,
+        force: args.force,
     })
     .context("Cannot build")?;
     let failed = outcomes.iter().any(|o| o.status == "failed");

@@ -208,3 +208,57 @@ fn failures_speak_json_and_nonsense_flags_are_refused() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
+
+#[test]
+fn build_does_not_silently_replace_an_artifact_package_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = quantized(dir.path(), "Q8_0");
+    let dist = dir.path().join("dist");
+    edgeforge()
+        .args(["-q", "package"])
+        .arg(&model)
+        .args([
+            "--target",
+            "rpi5-8gb",
+            "--name",
+            "minilm",
+            "--version",
+            "1.0.0",
+            "--out",
+        ])
+        .arg(&dist)
+        .assert()
+        .success();
+    let art = dist.join("minilm/1.0.0/rpi5-8gb");
+    let before = std::fs::read(art.join("manifest.json")).unwrap();
+    let recipe = dir.path().join("release.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[build]\nname = \"minilm\"\nversion = \"1.0.0\"\nmodel = {:?}\ntargets = [\"rpi5-8gb\"]\n",
+            minilm()
+        ),
+    )
+    .unwrap();
+    let build = |extra: &[&str]| {
+        edgeforge()
+            .args(["--json", "build"])
+            .arg(&recipe)
+            .arg("--dist")
+            .arg(&dist)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = build(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcomes"][0]["status"], "failed");
+    assert!(v["outcomes"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("pass --force"));
+    assert_eq!(std::fs::read(art.join("manifest.json")).unwrap(), before);
+    assert!(build(&["--force"]).status.success());
+    assert_ne!(std::fs::read(art.join("manifest.json")).unwrap(), before);
+}
