@@ -11,6 +11,7 @@ mod publish;
 mod quantize;
 mod run;
 mod targets;
+mod tflite;
 
 pub use build::{build, index_merge, select};
 pub use distill::distill;
