@@ -14,3 +14,4 @@ mod quant_kernels;
 mod quantize;
 mod safetensors;
 mod targets;
+mod tflite;

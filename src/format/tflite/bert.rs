@@ -24,6 +24,34 @@ pub struct BertGraph {
     /// raw scores' range widened by [`MASK_MARGIN`], not its own (which
     /// reaches [`MASKED_SCORE`] and would leave no resolution for scores).
     pub masked_scores: Vec<(usize, usize)>,
+    /// Where each tensor keeps its tokens, so calibration can look at the
+    /// real tokens only (padded rows never reach the output).
+    pub layout: Vec<Layout>,
+}
+
+/// How LayerNorm is spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormForm {
+    /// MEAN, SQUARED_DIFFERENCE, MEAN, ADD eps, RSQRT, SUB, MUL: the ops
+    /// GPU delegates take.
+    Moments,
+    /// `sqrt(hidden) * L2_NORMALIZATION(x - MEAN(x))`: in int8 the variance
+    /// is an int32 sum inside one op, where squared deviations in int8 span
+    /// four decades (outlier channels) and the small ones round to zero.
+    L2,
+}
+
+/// Token positions of a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Not per token (constants, the pooled embedding).
+    Whole,
+    /// `[seq, ...]`: token t is row t.
+    Rows,
+    /// `[heads, seq, ...]`.
+    HeadRows,
+    /// `[heads, seq, seq]`: query rows and key columns.
+    Scores,
 }
 
 /// Names and shapes of the graph's inputs and output.
@@ -39,9 +67,18 @@ struct Builder<'a> {
     axis0: Option<usize>,
     axis1: Option<usize>,
     perm: Option<usize>,
+    norm: NormForm,
+    /// Tensors laid out `[heads, seq, ...]` and `[heads, seq, seq]`.
+    heads: Vec<usize>,
+    scores: Vec<usize>,
 }
 
-pub fn build(c: &BertConfig, w: &TensorSource, seq: usize) -> Result<BertGraph, EngineError> {
+pub fn build(
+    c: &BertConfig,
+    w: &TensorSource,
+    seq: usize,
+    norm: NormForm,
+) -> Result<BertGraph, EngineError> {
     let (h, heads) = (c.hidden_size, c.num_attention_heads);
     let hd = h / heads;
     let mut b = Builder {
@@ -52,6 +89,9 @@ pub fn build(c: &BertConfig, w: &TensorSource, seq: usize) -> Result<BertGraph, 
         axis0: None,
         axis1: None,
         perm: None,
+        norm,
+        heads: Vec::new(),
+        scores: Vec::new(),
     };
     let s = seq as i32;
     let ids = b.g.tensor(INPUT_IDS, &[1, s], ElemType::I32);
@@ -146,6 +186,7 @@ pub fn build(c: &BertConfig, w: &TensorSource, seq: usize) -> Result<BertGraph, 
             &[heads as i32, s, s],
         );
         masked_scores.push((masked, scores));
+        b.heads.extend([qh, kh, vh]);
         let probs = b.g.push(
             Op::Softmax { beta: 1.0 },
             &[masked],
@@ -160,6 +201,8 @@ pub fn build(c: &BertConfig, w: &TensorSource, seq: usize) -> Result<BertGraph, 
             &[heads as i32, s, hd as i32],
             ElemType::F32,
         );
+        b.scores.extend([scores, masked, probs]);
+        b.heads.push(ctx);
         let ctx = b.transpose(
             ctx,
             &[s, heads as i32, hd as i32],
@@ -207,9 +250,24 @@ pub fn build(c: &BertConfig, w: &TensorSource, seq: usize) -> Result<BertGraph, 
     let out =
         b.g.push(Op::L2Norm, &[pooled], OUTPUT, &[1, h as i32], ElemType::F32);
     b.g.outputs = vec![out];
+    let layout = (0..b.g.tensors.len())
+        .map(|t| {
+            let shape = &b.g.tensors[t].shape;
+            if b.scores.contains(&t) {
+                Layout::Scores
+            } else if b.heads.contains(&t) {
+                Layout::HeadRows
+            } else if b.g.tensors[t].data.is_none() && shape.len() >= 2 && shape[0] == s {
+                Layout::Rows
+            } else {
+                Layout::Whole
+            }
+        })
+        .collect();
     Ok(BertGraph {
         graph: b.g,
         masked_scores,
+        layout,
     })
 }
 
@@ -319,37 +377,56 @@ impl Builder<'_> {
             &[s, 1],
             ElemType::F32,
         );
-        let sq = self.binary(
-            Op::SquaredDifference,
-            x,
-            mean,
-            &format!("{name}.squared_deviation"),
-            &[s, hh],
-        );
-        let var = self.g.push(
-            Op::Mean { keep_dims: true },
-            &[sq, axis1],
-            &format!("{name}.variance"),
-            &[s, 1],
-            ElemType::F32,
-        );
-        let eps = self.g.const_f32(&format!("{name}.epsilon"), &[1], &[eps]);
-        let var_eps = self.binary(Op::Add, var, eps, &format!("{name}.variance_eps"), &[s, 1]);
-        let inv = self.g.push(
-            Op::Rsqrt,
-            &[var_eps],
-            &format!("{name}.inv_std"),
-            &[s, 1],
-            ElemType::F32,
-        );
         let centered = self.binary(Op::Sub, x, mean, &format!("{name}.centered"), &[s, hh]);
-        let normed = self.binary(
-            Op::Mul,
-            centered,
-            inv,
-            &format!("{name}.normalized"),
-            &[s, hh],
-        );
+        let (normed, gamma) = match self.norm {
+            NormForm::Moments => {
+                let sq = self.binary(
+                    Op::SquaredDifference,
+                    x,
+                    mean,
+                    &format!("{name}.squared_deviation"),
+                    &[s, hh],
+                );
+                let var = self.g.push(
+                    Op::Mean { keep_dims: true },
+                    &[sq, axis1],
+                    &format!("{name}.variance"),
+                    &[s, 1],
+                    ElemType::F32,
+                );
+                let eps = self.g.const_f32(&format!("{name}.epsilon"), &[1], &[eps]);
+                let var_eps =
+                    self.binary(Op::Add, var, eps, &format!("{name}.variance_eps"), &[s, 1]);
+                let inv = self.g.push(
+                    Op::Rsqrt,
+                    &[var_eps],
+                    &format!("{name}.inv_std"),
+                    &[s, 1],
+                    ElemType::F32,
+                );
+                let normed = self.binary(
+                    Op::Mul,
+                    centered,
+                    inv,
+                    &format!("{name}.normalized"),
+                    &[s, hh],
+                );
+                (normed, gamma)
+            }
+            NormForm::L2 => {
+                // x / std = sqrt(hidden) * x / |x| for centred x: the factor
+                // goes into gamma (LayerNorm's tiny epsilon is dropped).
+                let unit = self.g.push(
+                    Op::L2Norm,
+                    &[centered],
+                    &format!("{name}.unit"),
+                    &[s, hh],
+                    ElemType::F32,
+                );
+                let root = (h as f32).sqrt();
+                (unit, gamma.iter().map(|g| g * root).collect())
+            }
+        };
         let gamma = self.g.const_f32(&format!("{name}.gamma"), &[hh], &gamma);
         let beta = self.g.const_f32(&format!("{name}.beta"), &[hh], &beta);
         let scaled = self.binary(Op::Mul, normed, gamma, &format!("{name}.scaled"), &[s, hh]);

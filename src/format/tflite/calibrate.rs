@@ -8,8 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::bert::{BertGraph, Layout};
 use super::eval::{EvalError, Evaluator, Value};
-use super::graph::Graph;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Method {
@@ -153,13 +153,43 @@ impl Ranges {
     }
 }
 
-/// Runs `graph` on each `(input_ids, attention_mask)` sample and returns
-/// every float activation's range by `method`.
+/// The parts of a `layout` tensor of `shape` that belong to the first `n`
+/// of `seq` tokens.
+fn real_tokens<'a>(
+    v: &'a [f32],
+    shape: &[i32],
+    layout: Layout,
+    n: usize,
+    seq: usize,
+) -> Vec<&'a [f32]> {
+    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    match layout {
+        Layout::Whole => vec![v],
+        Layout::Rows => {
+            let w = v.len() / seq.max(1);
+            vec![&v[..n * w]]
+        }
+        Layout::HeadRows => {
+            let w = dims[2..].iter().product::<usize>();
+            (0..dims[0]).map(|h| &v[h * seq * w..][..n * w]).collect()
+        }
+        Layout::Scores => (0..dims[0])
+            .flat_map(|h| (0..n).map(move |r| (h, r)))
+            .map(|(h, r)| &v[(h * seq + r) * seq..][..n])
+            .collect(),
+    }
+}
+
+/// Runs the float graph on each `(input_ids, attention_mask)` sample and
+/// returns every float activation's range by `method`, over real tokens
+/// only: padded rows never reach the output (keys are masked, pooling
+/// zeroes them), so their values must not widen the int8 ranges.
 pub fn calibrate(
-    graph: &Graph,
+    bert: &BertGraph,
     samples: &[(Vec<i32>, Vec<i32>)],
     method: Method,
 ) -> Result<Ranges, EvalError> {
+    let graph = &bert.graph;
     let eval = Evaluator::new(graph)?;
     let hist = matches!(method, Method::Percentile(_));
     let fresh = || vec![None::<Stats>; graph.tensors.len()];
@@ -175,9 +205,14 @@ pub fn calibrate(
     let stats = samples
         .par_iter()
         .map(|(ids, mask)| {
+            let (n, seq) = (mask.iter().filter(|&&m| m != 0).count(), mask.len());
             let mut stats = fresh();
-            let mut observe =
-                |t: usize, v: &[f32]| stats[t].get_or_insert_with(|| Stats::new(hist)).add(v);
+            let mut observe = |t: usize, v: &[f32]| {
+                let s = stats[t].get_or_insert_with(|| Stats::new(hist));
+                for part in real_tokens(v, &graph.tensors[t].shape, bert.layout[t], n, seq) {
+                    s.add(part);
+                }
+            };
             eval.run(
                 vec![Value::I32(ids.clone()), Value::I32(mask.clone())],
                 Some(&mut observe),

@@ -106,8 +106,24 @@ impl<'g> Evaluator<'g> {
     pub fn run(
         &self,
         inputs: Vec<Value>,
-        mut observe: Option<&mut Observer>,
+        observe: Option<&mut Observer>,
     ) -> Result<Vec<Value>, EvalError> {
+        let (outputs, _) = self.run_keeping(inputs, observe, false)?;
+        Ok(outputs)
+    }
+
+    /// Every tensor's value after a run (constants included), to compare
+    /// two schemes of one graph tensor by tensor.
+    pub fn trace(&self, inputs: Vec<Value>) -> Result<Vec<Option<Value>>, EvalError> {
+        Ok(self.run_keeping(inputs, None, true)?.1)
+    }
+
+    fn run_keeping(
+        &self,
+        inputs: Vec<Value>,
+        mut observe: Option<&mut Observer>,
+        keep: bool,
+    ) -> Result<(Vec<Value>, Vec<Option<Value>>), EvalError> {
         let g = self.graph;
         let mut values: Vec<Option<Value>> = vec![None; g.tensors.len()];
         for (&t, v) in g.inputs.iter().zip(inputs) {
@@ -133,16 +149,25 @@ impl<'g> Evaluator<'g> {
             }
             values[n.outputs[0]] = Some(v);
             for &t in &n.inputs {
-                if self.last_use[t] == pos {
+                if !keep && self.last_use[t] == pos {
                     values[t] = None;
                 }
             }
         }
-        g.outputs
+        let outputs = g
+            .outputs
             .iter()
-            .map(|&t| values[t].take().or_else(|| self.constants[t].clone()))
+            .map(|&t| values[t].clone().or_else(|| self.constants[t].clone()))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| err(g, 0, "an output was never computed".into()))
+            .ok_or_else(|| err(g, 0, "an output was never computed".into()))?;
+        if keep {
+            for (v, c) in values.iter_mut().zip(&self.constants) {
+                if v.is_none() {
+                    v.clone_from(c);
+                }
+            }
+        }
+        Ok((outputs, values))
     }
 }
 
@@ -187,7 +212,7 @@ fn quantize(x: f32, scale: f32, zp: i32) -> i8 {
     ((x / scale).round() as i64 + zp as i64).clamp(-128, 127) as i8
 }
 
-fn dequantize(q: &[i8], t: &Tensor) -> Result<Vec<f32>, String> {
+pub fn dequantize(q: &[i8], t: &Tensor) -> Result<Vec<f32>, String> {
     let quant = t
         .quant
         .as_ref()

@@ -137,7 +137,11 @@ pub fn fixed_length(mut ids: Vec<u32>, seq: usize) -> (Vec<i32>, Vec<i32>) {
 }
 
 /// Builds the float graph of `model` at `seq` tokens.
-pub fn float_graph(model: &Model, seq: usize) -> Result<bert::BertGraph, TfliteError> {
+pub fn float_graph(
+    model: &Model,
+    seq: usize,
+    norm: bert::NormForm,
+) -> Result<bert::BertGraph, TfliteError> {
     let c = bert_config(model)?;
     if seq < 2 || seq > c.max_position_embeddings {
         return Err(TfliteError::SeqLen {
@@ -147,13 +151,18 @@ pub fn float_graph(model: &Model, seq: usize) -> Result<bert::BertGraph, TfliteE
         });
     }
     let weights = Weights::new(model);
-    let mut g = bert::build(c, &|name, shape| weights.get(name, shape), seq)?;
+    let mut g = bert::build(c, &|name, shape| weights.get(name, shape), seq, norm)?;
     g.graph.description = format!("edgeforge {}: {}", env!("CARGO_PKG_VERSION"), c.hidden_size);
     Ok(g)
 }
 
 pub fn export(model: &Model, opts: &ExportOptions) -> Result<Exported, TfliteError> {
-    let bert = float_graph(model, opts.seq_len)?;
+    // Float schemes keep the GPU delegates' LayerNorm ops; int8 needs the L2 form.
+    let norm = match opts.scheme {
+        Scheme::Int8 => bert::NormForm::L2,
+        _ => bert::NormForm::Moments,
+    };
+    let bert = float_graph(model, opts.seq_len, norm)?;
     let (graph, calibration) = match opts.scheme {
         Scheme::Fp32 => (bert.graph.clone(), None),
         Scheme::Fp16 => (lower::to_fp16(&bert.graph), None),
@@ -182,7 +191,7 @@ pub fn export(model: &Model, opts: &ExportOptions) -> Result<Exported, TfliteErr
                 .iter()
                 .map(|l| Ok(fixed_length(tok.encode(l)?, opts.seq_len)))
                 .collect::<Result<Vec<_>, EngineError>>()?;
-            let ranges = calibrate::calibrate(&bert.graph, &samples, opts.method)?;
+            let ranges = calibrate::calibrate(&bert, &samples, opts.method)?;
             let graph = lower::to_int8(&bert, &ranges)?;
             let info = Calibration {
                 file: path.to_path_buf(),
