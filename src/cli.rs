@@ -689,7 +689,7 @@ pub struct InspectArgs {
 pub struct QuantizeArgs {
     /// A model folder, `.safetensors` file or `.gguf` file
     pub model: PathBuf,
-    /// Output file: `.gguf` or `.safetensors`
+    /// Output file: `.gguf`, `.safetensors` or `.tflite`
     #[arg(short, long, value_name = "FILE")]
     pub out: PathBuf,
     /// Scheme or mix: F32, F16, BF16, Q8_0, Q5_1, Q5_0, Q4_1, Q4_0, Q6_K, Q5_K, Q4_K, Q3_K, Q2_K,
@@ -721,6 +721,26 @@ pub struct QuantizeArgs {
     /// Plan and report sizes without writing anything
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub tflite: TfliteArgs,
+}
+
+/// What a `.tflite` export (`--format tflite`) takes besides `--scheme fp32|fp16|int8_pc`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "TFLite export")]
+pub struct TfliteArgs {
+    /// int8_pc: calibration text, one sample per line
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<PathBuf>,
+    /// How many non-empty lines of the calibration file to use
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub calibration_lines: usize,
+    /// Activation ranges: minmax, percentile (99.99) or percentile:P
+    #[arg(long, value_name = "METHOD", default_value = "minmax")]
+    pub calibration_method: String,
+    /// Fixed sequence length of the graph's inputs (batch 1)
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub seq_len: usize,
 }
 
 /// Output containers.
@@ -728,6 +748,7 @@ pub struct QuantizeArgs {
 pub enum OutputFormatArg {
     Gguf,
     Safetensors,
+    Tflite,
 }
 
 /// `--ram-mb`: 1 MiB up to the largest memory a target profile may state.

@@ -12,6 +12,7 @@ mod quantize;
 mod run;
 mod shell;
 mod targets;
+mod tflite;
 
 pub use build::{build, index_merge, select};
 pub use distill::distill;

@@ -35,13 +35,20 @@ pub fn quantize(
     global: &GlobalArgs,
     printer: &Printer,
 ) -> anyhow::Result<ExitStatus> {
-    let format = match (args.format, args.out.extension().and_then(|e| e.to_str())) {
+    let extension = args.out.extension().and_then(|e| e.to_str());
+    if matches!(
+        (args.format, extension),
+        (Some(OutputFormatArg::Tflite), _) | (None, Some("tflite"))
+    ) {
+        return super::tflite::quantize_tflite(args, printer);
+    }
+    let format = match (args.format, extension) {
         (Some(OutputFormatArg::Gguf), _) | (None, Some("gguf")) => OutputFormat::Gguf,
         (Some(OutputFormatArg::Safetensors), _) | (None, Some("safetensors")) => {
             OutputFormat::Safetensors
         }
         _ => bail!(
-            "Cannot tell the output format of {}: name it .gguf or .safetensors, or pass --format",
+            "Cannot tell the output format of {}: name it .gguf, .safetensors or .tflite, or pass --format",
             args.out.display()
         ),
     };

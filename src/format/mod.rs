@@ -3,3 +3,4 @@
 pub mod atomic;
 pub mod gguf;
 pub mod safetensors;
+pub mod tflite;

@@ -15,4 +15,5 @@ mod quant_kernels;
 mod quantize;
 mod safetensors;
 mod targets;
+mod tflite;
 mod trust;
