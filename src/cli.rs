@@ -661,7 +661,7 @@ pub struct InspectArgs {
 pub struct QuantizeArgs {
     /// A model folder, `.safetensors` file or `.gguf` file
     pub model: PathBuf,
-    /// Output file: `.gguf` or `.safetensors`
+    /// Output file: `.gguf`, `.safetensors` or `.onnx`
     #[arg(short, long, value_name = "FILE")]
     pub out: PathBuf,
     /// Scheme or mix: F32, F16, BF16, Q8_0, Q5_1, Q5_0, Q4_1, Q4_0, Q6_K, Q5_K, Q4_K, Q3_K, Q2_K,
@@ -693,6 +693,33 @@ pub struct QuantizeArgs {
     /// Plan and report sizes without writing anything
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
+}
+
+/// Static int8 calibration (ONNX `int8_pc`).
+#[derive(Debug, clap::Args)]
+pub struct CalibrationArgs {
+    /// Calibration text, one text per line (the first 256 non-empty lines are used)
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<PathBuf>,
+    /// How activation ranges are chosen from what calibration observed
+    #[arg(long, value_enum, default_value = "percentile")]
+    pub calibration_method: CalibrationMethodArg,
+    /// Share of values `percentile` keeps inside the range
+    #[arg(long, value_name = "P", default_value_t = 99.99)]
+    pub percentile: f64,
+    /// Keep the most sensitive ops in float until the mean cosine to the float
+    /// model on calibration text is at least this
+    #[arg(long, value_name = "C", default_value_t = 0.999)]
+    pub min_cosine: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalibrationMethodArg {
+    Minmax,
+    Percentile,
+    Entropy,
 }
 
 /// Output containers.
@@ -700,4 +727,5 @@ pub struct QuantizeArgs {
 pub enum OutputFormatArg {
     Gguf,
     Safetensors,
+    Onnx,
 }

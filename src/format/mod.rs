@@ -2,4 +2,5 @@
 
 pub mod atomic;
 pub mod gguf;
+pub mod onnx;
 pub mod safetensors;
