@@ -689,7 +689,7 @@ pub struct InspectArgs {
 pub struct QuantizeArgs {
     /// A model folder, `.safetensors` file or `.gguf` file
     pub model: PathBuf,
-    /// Output file: `.gguf`, `.safetensors` or `.tflite`
+    /// Output file: `.gguf`, `.safetensors`, `.onnx` or `.tflite`
     #[arg(short, long, value_name = "FILE")]
     pub out: PathBuf,
     /// Scheme or mix: F32, F16, BF16, Q8_0, Q5_1, Q5_0, Q4_1, Q4_0, Q6_K, Q5_K, Q4_K, Q3_K, Q2_K,
@@ -722,22 +722,45 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]
+    pub calibration: CalibrationArgs,
+    #[command(flatten)]
     pub tflite: TfliteArgs,
 }
 
-/// What a `.tflite` export (`--format tflite`) takes besides `--scheme fp32|fp16|int8_pc`.
+/// Static int8 calibration of activations (ONNX and TFLite `int8_pc`).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Calibration (ONNX, TFLite int8_pc)")]
+pub struct CalibrationArgs {
+    /// Calibration text, one sample per line
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<PathBuf>,
+    /// TFLite: how many non-empty lines of the calibration file to use (ONNX uses the first 256)
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub calibration_lines: usize,
+    /// How activation ranges are chosen from what calibration observed
+    /// (default: percentile for ONNX, minmax for TFLite)
+    #[arg(long, value_enum)]
+    pub calibration_method: Option<CalibrationMethodArg>,
+    /// Share of values `percentile` keeps inside the range
+    #[arg(long, value_name = "P", default_value_t = 99.99)]
+    pub percentile: f64,
+    /// ONNX: keep the most sensitive ops in float until the mean cosine to
+    /// the float model on calibration text is at least this
+    #[arg(long, value_name = "C", default_value_t = 0.999)]
+    pub min_cosine: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalibrationMethodArg {
+    Minmax,
+    Percentile,
+    Entropy,
+}
+
+/// What a `.tflite` export (`--format tflite`) takes besides the calibration.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "TFLite export")]
 pub struct TfliteArgs {
-    /// int8_pc: calibration text, one sample per line
-    #[arg(long, value_name = "FILE")]
-    pub calibration: Option<PathBuf>,
-    /// How many non-empty lines of the calibration file to use
-    #[arg(long, value_name = "N", default_value_t = 200)]
-    pub calibration_lines: usize,
-    /// Activation ranges: minmax, percentile (99.99) or percentile:P
-    #[arg(long, value_name = "METHOD", default_value = "minmax")]
-    pub calibration_method: String,
     /// Fixed sequence length of the graph's inputs (batch 1)
     #[arg(long, value_name = "N", default_value_t = 128)]
     pub seq_len: usize,
@@ -748,6 +771,7 @@ pub struct TfliteArgs {
 pub enum OutputFormatArg {
     Gguf,
     Safetensors,
+    Onnx,
     Tflite,
 }
 

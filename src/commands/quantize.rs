@@ -47,8 +47,11 @@ pub fn quantize(
         (Some(OutputFormatArg::Safetensors), _) | (None, Some("safetensors")) => {
             OutputFormat::Safetensors
         }
+        (Some(OutputFormatArg::Onnx), _) | (None, Some("onnx")) => {
+            return super::quantize_onnx::quantize_onnx(args, printer)
+        }
         _ => bail!(
-            "Cannot tell the output format of {}: name it .gguf, .safetensors or .tflite, or pass --format",
+            "Cannot tell the output format of {}: name it .gguf, .safetensors, .onnx or .tflite, or pass --format",
             args.out.display()
         ),
     };

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::cli::QuantizeArgs;
+use crate::cli::{CalibrationMethodArg, QuantizeArgs};
 use crate::exit::ExitStatus;
 use crate::format::atomic::{AtomicFile, Overwrite};
 use crate::format::tflite::calibrate::Method;
@@ -45,10 +45,18 @@ pub fn quantize_tflite(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result
     if args.fit.is_some() || args.bpw.is_some() || args.dry_run {
         bail!("A .tflite export takes --scheme (not --fit, --bpw or --dry-run)");
     }
-    if scheme != Scheme::Int8 && args.tflite.calibration.is_some() {
+    let cal = &args.calibration;
+    if scheme != Scheme::Int8 && cal.calibration.is_some() {
         bail!("--calibration applies to int8_pc only");
     }
-    let method = Method::parse(&args.tflite.calibration_method).map_err(anyhow::Error::msg)?;
+    let method = match cal.calibration_method {
+        None | Some(CalibrationMethodArg::Minmax) => "minmax".to_string(),
+        Some(CalibrationMethodArg::Percentile) => format!("percentile:{}", cal.percentile),
+        Some(CalibrationMethodArg::Entropy) => {
+            bail!("--calibration-method entropy is ONNX-only; TFLite takes minmax or percentile")
+        }
+    };
+    let method = Method::parse(&method).map_err(anyhow::Error::msg)?;
     let overwrite = if args.force {
         Overwrite::Allow
     } else {
@@ -61,8 +69,8 @@ pub fn quantize_tflite(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result
     let opts = ExportOptions {
         scheme,
         seq_len: args.tflite.seq_len,
-        calibration: args.tflite.calibration.as_deref(),
-        calibration_lines: args.tflite.calibration_lines,
+        calibration: cal.calibration.as_deref(),
+        calibration_lines: cal.calibration_lines,
         method,
     };
     let exported = tflite::export(&model, &opts).context("Cannot export")?;

@@ -2,5 +2,6 @@
 
 pub mod atomic;
 pub mod gguf;
+pub mod onnx;
 pub mod safetensors;
 pub mod tflite;

@@ -6,12 +6,14 @@
 
 pub mod apply;
 pub mod bpw;
+pub mod calibrate;
 pub mod float;
 pub mod grouped;
 pub mod kquants;
 pub mod legacy;
 pub mod metrics;
 pub mod plan;
+pub mod qdq;
 pub mod scheme;
 
 use half::f16;

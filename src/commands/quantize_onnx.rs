@@ -1,0 +1,158 @@
+//! `edgeforge quantize MODEL -o DIR/model.onnx --scheme fp32|fp16|int8_pc`:
+//! the ONNX branch of quantize. Writes the file atomically, copies the
+//! tokenizer beside it when absent, then reads the file back and reports the
+//! accuracy of what its graph computes.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use crate::artifact::accuracy::DEFAULT_EVAL;
+use crate::cli::{CalibrationMethodArg, QuantizeArgs};
+use crate::exit::ExitStatus;
+use crate::format::atomic::{write_atomic, Overwrite};
+use crate::format::onnx::export::{self, Calibration, CalibrationInfo, FileAccuracy, OnnxScheme};
+use crate::format::onnx::OPSET;
+use crate::model::Model;
+use crate::printer::Printer;
+use crate::quant::calibrate::Method;
+use crate::units::human_bytes;
+
+#[derive(Serialize)]
+struct Report<'a> {
+    input: &'a Path,
+    output: &'a Path,
+    format: &'static str,
+    scheme: &'static str,
+    opset: i64,
+    bytes: u64,
+    tokenizer: Option<PathBuf>,
+    accuracy: FileAccuracy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    calibration: Option<CalibrationInfo>,
+}
+
+pub fn quantize_onnx(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    if args.fit.is_some() || args.bpw.is_some() || args.dry_run {
+        bail!("ONNX output takes --scheme fp32, fp16 or int8_pc (not --fit, --bpw or --dry-run)");
+    }
+    let Some(name) = &args.scheme else {
+        bail!("Say which ONNX scheme to write: --scheme fp32, fp16 or int8_pc");
+    };
+    let scheme = OnnxScheme::parse(name).map_err(|e| anyhow::anyhow!("`--scheme`: {e}"))?;
+    let overwrite = if args.force {
+        Overwrite::Allow
+    } else {
+        Overwrite::Deny
+    };
+    if overwrite == Overwrite::Deny && args.out.exists() {
+        bail!(
+            "{}: Output already exists (pass --force to replace it)",
+            args.out.display()
+        );
+    }
+    let model = Model::open(&args.model).context("Cannot quantize")?;
+    export::bert_config(&model).context("Cannot quantize")?;
+    let cal = &args.calibration;
+    let calibration = cal.calibration.as_ref().map(|file| Calibration {
+        file: file.clone(),
+        method: match cal.calibration_method {
+            Some(CalibrationMethodArg::Minmax) => Method::MinMax,
+            None | Some(CalibrationMethodArg::Percentile) => Method::Percentile(cal.percentile),
+            Some(CalibrationMethodArg::Entropy) => Method::Entropy,
+        },
+        min_cosine: cal.min_cosine,
+    });
+    if let None | Some(CalibrationMethodArg::Percentile) = cal.calibration_method {
+        anyhow::ensure!(
+            cal.percentile > 50.0 && cal.percentile <= 100.0,
+            "`--percentile` must be in (50, 100], got {}",
+            cal.percentile
+        );
+    }
+    let exported =
+        export::export(&model, scheme, calibration.as_ref()).context("Cannot quantize")?;
+    if let Some(dir) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs_err::create_dir_all(dir).context("Cannot quantize")?;
+    }
+    write_atomic(&args.out, &exported.bytes, overwrite).context("Cannot quantize")?;
+    let tokenizer = copy_tokenizer(&model, &args.out)?;
+    let texts: Vec<String> = DEFAULT_EVAL.iter().map(|s| s.to_string()).collect();
+    let accuracy =
+        export::accuracy(&args.out, &model, &texts).context("Cannot check the written file")?;
+    let report = Report {
+        input: &args.model,
+        output: &args.out,
+        format: "onnx",
+        scheme: scheme.name(),
+        opset: OPSET,
+        bytes: exported.bytes.len() as u64,
+        tokenizer,
+        accuracy,
+        calibration: exported.calibration,
+    };
+    if printer.json {
+        printer.json_out(&report)?;
+    } else {
+        printer.out(&render(&report))?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// ONNX users expect `model.onnx` with `tokenizer.json` beside it.
+fn copy_tokenizer(model: &Model, out: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let Some(src) = &model.tokenizer else {
+        return Ok(None);
+    };
+    let dst = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("tokenizer.json");
+    if dst.exists() {
+        return Ok(None);
+    }
+    let bytes = fs_err::read(src).context("Cannot copy the tokenizer")?;
+    write_atomic(&dst, &bytes, Overwrite::Deny).context("Cannot copy the tokenizer")?;
+    Ok(Some(dst))
+}
+
+fn render(r: &Report<'_>) -> String {
+    let mut out = String::new();
+    if let Some(c) = &r.calibration {
+        let _ = writeln!(
+            out,
+            "calibration: {} texts ({} tokens) from {}, {}; {} of {} ops kept in float (most sensitive: {})",
+            c.texts,
+            c.tokens,
+            c.file.display(),
+            c.plan.method,
+            c.plan.float_ops.len(),
+            c.plan.sensitivity.len(),
+            c.plan
+                .sensitivity
+                .iter()
+                .take(3)
+                .map(|s| format!("{} {:.1e}", s.op, s.cosine_drop))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{}: ONNX opset {} {}, {}; cosine to f32 {:.6} (min {:.6}) on {} texts, computed from the file",
+        r.output.display(),
+        r.opset,
+        r.scheme,
+        human_bytes(r.bytes),
+        r.accuracy.cosine_mean,
+        r.accuracy.cosine_min,
+        r.accuracy.eval_texts
+    );
+    if let Some(t) = &r.tokenizer {
+        let _ = writeln!(out, "copied the tokenizer to {}", t.display());
+    }
+    out
+}

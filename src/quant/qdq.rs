@@ -1,0 +1,168 @@
+//! Static int8 (QDQ) planning for an encoder graph: calibrate activation
+//! ranges on text, measure each quantizable op's sensitivity (quantize that
+//! op alone, cosine drop of the sentence embeddings against the float graph),
+//! then quantize everything and move the most sensitive ops back to float
+//! one at a time until the mean cosine meets the budget.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::calibrate::{self, Method};
+use crate::engine::bert::TensorSource;
+use crate::format::onnx::bert::{self, ActQuant, BertGraph, BuildError, QdqPlan, Storage};
+use crate::format::onnx::eval::Session;
+use crate::format::onnx::OnnxError;
+use crate::model::BertConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QdqError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Eval(#[from] OnnxError),
+}
+
+/// What the planner measured for one op.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpSensitivity {
+    pub op: String,
+    /// Mean cosine drop with only this op in int8.
+    pub cosine_drop: f64,
+    pub int8: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Int8Plan {
+    #[serde(skip)]
+    pub plan: QdqPlan,
+    pub method: String,
+    /// Most sensitive first.
+    pub sensitivity: Vec<OpSensitivity>,
+    pub float_ops: Vec<String>,
+    /// Mean cosine to the float graph on the sensitivity texts, as planned.
+    pub cosine_planned: f64,
+    pub min_cosine: f64,
+}
+
+pub fn mean_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let n = a.len().max(1) as f64;
+    a.iter().zip(b).map(|(x, y)| cosine(x, y)).sum::<f64>() / n
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
+    let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        return 0.0;
+    }
+    dot / (na * nb)
+}
+
+fn session_of(g: &BertGraph) -> Result<Session, OnnxError> {
+    Session::new(&g.model, std::path::Path::new("<graph being planned>"))
+}
+
+/// Plans static int8 for the encoder: `calibration` sets the ranges,
+/// `probe` (a few of the same texts) measures sensitivity and the budget.
+pub fn plan_int8(
+    c: &BertConfig,
+    w: &TensorSource,
+    calibration: &[Vec<u32>],
+    probe: &[Vec<u32>],
+    method: Method,
+    min_cosine: f64,
+) -> Result<Int8Plan, QdqError> {
+    let empty = BTreeMap::new();
+    let float = bert::build(c, w, &Storage::F32, &empty)?;
+    let float_session = session_of(&float)?;
+    let mut tensors: Vec<String> = Vec::new();
+    for op in &float.ops {
+        for a in &op.activations {
+            if !tensors.contains(a) {
+                tensors.push(a.clone());
+            }
+        }
+    }
+    tracing::info!(
+        "calibrating {} activations on {} texts ({})",
+        tensors.len(),
+        calibration.len(),
+        method.name()
+    );
+    let ranges = calibrate::ranges(&float_session, calibration, &tensors, method)?;
+    let activations: BTreeMap<String, ActQuant> = ranges
+        .iter()
+        .map(|(t, &(lo, hi))| (t.clone(), ActQuant::from_range(lo, hi)))
+        .collect();
+    let reference = calibrate::embed_all(&float_session, probe)?;
+    drop(float_session);
+    let op_names: Vec<String> = float.ops.iter().map(|o| o.name.clone()).collect();
+    drop(float);
+
+    let score = |ops: &[&String]| -> Result<f64, QdqError> {
+        let plan = QdqPlan {
+            ops: ops.iter().map(|s| s.to_string()).collect(),
+            activations: activations.clone(),
+        };
+        let g = bert::build(c, w, &Storage::Int8(plan), &empty)?;
+        let s = session_of(&g)?;
+        drop(g);
+        Ok(mean_cosine(&calibrate::embed_all(&s, probe)?, &reference))
+    };
+    let mut sensitivity = Vec::with_capacity(op_names.len());
+    for op in &op_names {
+        let drop = 1.0 - score(&[op])?;
+        tracing::debug!("sensitivity {op}: cosine drop {drop:.3e}");
+        sensitivity.push(OpSensitivity {
+            op: op.clone(),
+            cosine_drop: drop,
+            int8: true,
+        });
+    }
+    // Most sensitive first; ties keep graph order.
+    sensitivity.sort_by(|a, b| b.cosine_drop.total_cmp(&a.cosine_drop));
+    let mut float_count = 0;
+    let mut cos = score(&op_names.iter().collect::<Vec<_>>())?;
+    tracing::info!("all {} ops in int8: cosine {cos:.6}", op_names.len());
+    while cos < min_cosine && float_count < sensitivity.len() {
+        sensitivity[float_count].int8 = false;
+        float_count += 1;
+        let kept: Vec<&String> = sensitivity
+            .iter()
+            .filter(|s| s.int8)
+            .map(|s| &s.op)
+            .collect();
+        cos = if kept.is_empty() { 1.0 } else { score(&kept)? };
+        tracing::info!(
+            "{} kept in float: cosine {cos:.6}",
+            sensitivity[float_count - 1].op
+        );
+    }
+    let plan = QdqPlan {
+        ops: sensitivity
+            .iter()
+            .filter(|s| s.int8)
+            .map(|s| s.op.clone())
+            .collect(),
+        // The builder writes parameters only for activations an int8 op reads.
+        activations,
+    };
+    Ok(Int8Plan {
+        plan,
+        method: method.name(),
+        float_ops: sensitivity
+            .iter()
+            .filter(|s| !s.int8)
+            .map(|s| s.op.clone())
+            .collect(),
+        sensitivity,
+        cosine_planned: cos,
+        min_cosine,
+    })
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Independent check of an ONNX file edgeforge wrote: onnx.checker, then onnxruntime (and OpenVINO when
+installed) embed the fp64 reference sentences; prints JSON with each runtime's cosines to the reference.
+
+Usage: onnx_check.py MODEL.onnx REFS_JSON [EVAL_JSON]
+EVAL_JSON (optional): {"ids": [[...], ...], "embeddings": [[...], ...]}: token ids and edgeforge's f32
+engine embeddings of its eval texts; the JSON then also has onnxruntime's mean cosine to those
+(`eval_cosine_mean`, to compare with the figure edgeforge computed from the file).
+"""
+import json
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+def cosine(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def feeds(ids):
+    ids = np.array([ids], np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def main():
+    path, refs = sys.argv[1], json.load(open(sys.argv[2]))
+    onnx.checker.check_model(path, full_check=True)
+    model = onnx.load(path)
+    out = {
+        "opset": [(o.domain, o.version) for o in model.opset_import],
+        "ops": sorted({n.op_type for n in model.graph.node}),
+        "metadata": {p.key: p.value for p in model.metadata_props},
+        "onnxruntime": ort.__version__,
+    }
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    run = lambda ids: sess.run(["sentence_embedding"], feeds(ids))[0][0]
+    out["ort_cosines"] = [cosine(run(s["input_ids"]), s["embedding_fp64"]) for s in refs["sentences"]]
+    # Padded batch: padding must not change the embeddings.
+    batch = [s["input_ids"] for s in refs["sentences"]]
+    n = max(map(len, batch))
+    ids = np.array([b + [0] * (n - len(b)) for b in batch], np.int64)
+    mask = np.array([[1] * len(b) + [0] * (n - len(b)) for b in batch], np.int64)
+    embs = sess.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": mask,
+                                             "token_type_ids": np.zeros_like(ids)})[0]
+    out["ort_batch_cosines"] = [cosine(e, s["embedding_fp64"]) for e, s in zip(embs, refs["sentences"])]
+    if len(sys.argv) > 3:
+        ev = json.load(open(sys.argv[3]))
+        cos = [cosine(run(i), e) for i, e in zip(ev["ids"], ev["embeddings"])]
+        out["eval_cosine_mean"] = float(np.mean(cos))
+    try:
+        import openvino as ov
+    except ImportError:
+        out["openvino"] = None
+    else:
+        compiled = ov.Core().compile_model(path, "CPU")
+        out["openvino"] = ov.__version__
+        out["openvino_cosines"] = [
+            cosine(compiled(feeds(s["input_ids"]))["sentence_embedding"][0], s["embedding_fp64"])
+            for s in refs["sentences"]
+        ]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
