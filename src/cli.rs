@@ -700,9 +700,13 @@ pub struct QuantizeArgs {
 /// Static int8 calibration (ONNX `int8_pc`).
 #[derive(Debug, clap::Args)]
 pub struct CalibrationArgs {
-    /// Calibration text, one text per line (the first 256 non-empty lines are used)
+    /// Calibration text, one text per line
     #[arg(long, value_name = "FILE")]
     pub calibration: Option<PathBuf>,
+    /// How many of its first non-empty lines calibrate (the first 16 of them
+    /// also measure each op's sensitivity)
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub calibration_texts: usize,
     /// How activation ranges are chosen from what calibration observed
     #[arg(long, value_enum, default_value = "percentile")]
     pub calibration_method: CalibrationMethodArg,
@@ -713,6 +717,10 @@ pub struct CalibrationArgs {
     /// model on calibration text is at least this
     #[arg(long, value_name = "C", default_value_t = 0.999)]
     pub min_cosine: f64,
+    /// int8 weights in [-63, 63]: for x86 CPUs without VNNI, whose onnxruntime
+    /// int8 kernels can overflow on full-range weights
+    #[arg(long)]
+    pub reduce_range: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -8,6 +8,7 @@ mod engine;
 mod fed;
 mod gguf;
 mod inspect;
+mod onnx;
 mod package;
 mod profile;
 mod quant_kernels;
