@@ -731,12 +731,13 @@ pub struct QuantizeArgs {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Calibration (ONNX, TFLite int8_pc)")]
 pub struct CalibrationArgs {
-    /// Calibration text, one sample per line
+    /// Calibration text, one text per line
     #[arg(long, value_name = "FILE")]
     pub calibration: Option<PathBuf>,
-    /// TFLite: how many non-empty lines of the calibration file to use (ONNX uses the first 256)
-    #[arg(long, value_name = "N", default_value_t = 256)]
-    pub calibration_lines: usize,
+    /// How many of its first non-empty lines calibrate (ONNX: the first 16
+    /// of them also measure each op's sensitivity)
+    #[arg(long, value_name = "N", default_value_t = 256, visible_alias = "calibration-lines")]
+    pub calibration_texts: usize,
     /// How activation ranges are chosen from what calibration observed
     /// (default: percentile for ONNX, minmax for TFLite)
     #[arg(long, value_enum)]
@@ -748,6 +749,10 @@ pub struct CalibrationArgs {
     /// the float model on calibration text is at least this
     #[arg(long, value_name = "C", default_value_t = 0.999)]
     pub min_cosine: f64,
+    /// int8 weights in [-63, 63]: for x86 CPUs without VNNI, whose onnxruntime
+    /// int8 kernels can overflow on full-range weights
+    #[arg(long)]
+    pub reduce_range: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

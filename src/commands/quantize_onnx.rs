@@ -63,8 +63,14 @@ pub fn quantize_onnx(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result<E
             None | Some(CalibrationMethodArg::Percentile) => Method::Percentile(cal.percentile),
             Some(CalibrationMethodArg::Entropy) => Method::Entropy,
         },
+        texts: cal.calibration_texts,
+        reduce_range: cal.reduce_range,
         min_cosine: cal.min_cosine,
     });
+    anyhow::ensure!(
+        cal.calibration_texts > 0,
+        "`--calibration-texts` must be at least 1"
+    );
     if let None | Some(CalibrationMethodArg::Percentile) = cal.calibration_method {
         anyhow::ensure!(
             cal.percentile > 50.0 && cal.percentile <= 100.0,
@@ -142,7 +148,7 @@ fn render(r: &Report<'_>) -> String {
     }
     let _ = writeln!(
         out,
-        "{}: ONNX opset {} {}, {}; cosine to f32 {:.6} (min {:.6}) on {} texts, computed from the file",
+        "{}: ONNX opset {} {}, {}; cosine to f32 {:.7} (min {:.7}) on {} texts, computed from the file",
         r.output.display(),
         r.opset,
         r.scheme,

@@ -70,7 +70,7 @@ pub fn quantize_tflite(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result
         scheme,
         seq_len: args.tflite.seq_len,
         calibration: cal.calibration.as_deref(),
-        calibration_lines: cal.calibration_lines,
+        calibration_lines: cal.calibration_texts,
         method,
     };
     let exported = tflite::export(&model, &opts).context("Cannot export")?;

@@ -77,6 +77,7 @@ pub fn plan_int8(
     probe: &[Vec<u32>],
     method: Method,
     min_cosine: f64,
+    reduce_range: bool,
 ) -> Result<Int8Plan, QdqError> {
     let empty = BTreeMap::new();
     let float = bert::build(c, w, &Storage::F32, &empty)?;
@@ -109,6 +110,7 @@ pub fn plan_int8(
         let plan = QdqPlan {
             ops: ops.iter().map(|s| s.to_string()).collect(),
             activations: activations.clone(),
+            reduce_range,
         };
         let g = bert::build(c, w, &Storage::Int8(plan), &empty)?;
         let s = session_of(&g)?;
@@ -117,7 +119,9 @@ pub fn plan_int8(
     };
     let mut sensitivity = Vec::with_capacity(op_names.len());
     for op in &op_names {
+        let started = std::time::Instant::now();
         let drop = 1.0 - score(&[op])?;
+        tracing::debug!("{op}: scored in {:.2}s", started.elapsed().as_secs_f64());
         tracing::debug!("sensitivity {op}: cosine drop {drop:.3e}");
         sensitivity.push(OpSensitivity {
             op: op.clone(),
@@ -127,22 +131,34 @@ pub fn plan_int8(
     }
     // Most sensitive first; ties keep graph order.
     sensitivity.sort_by(|a, b| b.cosine_drop.total_cmp(&a.cosine_drop));
-    let mut float_count = 0;
-    let mut cos = score(&op_names.iter().collect::<Vec<_>>())?;
-    tracing::info!("all {} ops in int8: cosine {cos:.6}", op_names.len());
-    while cos < min_cosine && float_count < sensitivity.len() {
-        sensitivity[float_count].int8 = false;
-        float_count += 1;
-        let kept: Vec<&String> = sensitivity
-            .iter()
-            .filter(|s| s.int8)
-            .map(|s| &s.op)
-            .collect();
-        cos = if kept.is_empty() { 1.0 } else { score(&kept)? };
-        tracing::info!(
-            "{} kept in float: cosine {cos:.6}",
-            sensitivity[float_count - 1].op
-        );
+    // The fewest most-sensitive ops to keep in float for the budget, by
+    // bisection over that count (the cosine rises with it, near enough).
+    let with_float = |k: usize| -> Result<f64, QdqError> {
+        let kept: Vec<&String> = sensitivity[k..].iter().map(|s| &s.op).collect();
+        if kept.is_empty() {
+            return Ok(1.0);
+        }
+        let cos = score(&kept)?;
+        tracing::info!("{k} most sensitive ops in float: cosine {cos:.6}");
+        Ok(cos)
+    };
+    let all = with_float(0)?;
+    let (mut k, mut cos) = (0, all);
+    if all < min_cosine {
+        let (mut lo, mut hi, mut hi_cos) = (0, sensitivity.len(), 1.0);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            let c = with_float(mid)?;
+            if c >= min_cosine {
+                (hi, hi_cos) = (mid, c);
+            } else {
+                lo = mid;
+            }
+        }
+        (k, cos) = (hi, hi_cos);
+    }
+    for s in &mut sensitivity[..k] {
+        s.int8 = false;
     }
     let plan = QdqPlan {
         ops: sensitivity
@@ -152,6 +168,7 @@ pub fn plan_int8(
             .collect(),
         // The builder writes parameters only for activations an int8 op reads.
         activations,
+        reduce_range,
     };
     Ok(Int8Plan {
         plan,

@@ -9,6 +9,7 @@ mod fed;
 mod gguf;
 mod hostile;
 mod inspect;
+mod onnx;
 mod package;
 mod profile;
 mod quant_kernels;

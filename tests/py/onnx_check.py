@@ -3,12 +3,15 @@
 installed) embed the fp64 reference sentences; prints JSON with each runtime's cosines to the reference.
 
 Usage: onnx_check.py MODEL.onnx REFS_JSON [EVAL_JSON]
-EVAL_JSON (optional): {"ids": [[...], ...], "embeddings": [[...], ...]}: token ids and edgeforge's f32
-engine embeddings of its eval texts; the JSON then also has onnxruntime's mean cosine to those
-(`eval_cosine_mean`, to compare with the figure edgeforge computed from the file).
+EVAL_JSON (optional): {"texts": [...], "embeddings": [[...], ...]}: edgeforge's eval texts and its f32
+engine's embeddings of them; the texts are tokenized with the tokenizer.json beside MODEL.onnx, and the
+JSON then also has onnxruntime's mean cosine to those embeddings (`eval_cosine_mean`; `eval_cosine_mean_unfused`
+with graph optimizations off, i.e. the graph's reference semantics without onnxruntime's integer-kernel
+fusions), to compare with the figure edgeforge computed from the file.
 """
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -49,9 +52,21 @@ def main():
                                              "token_type_ids": np.zeros_like(ids)})[0]
     out["ort_batch_cosines"] = [cosine(e, s["embedding_fp64"]) for e, s in zip(embs, refs["sentences"])]
     if len(sys.argv) > 3:
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(Path(path).parent / "tokenizer.json"))
+        tok.no_padding()
+        tok.no_truncation()
         ev = json.load(open(sys.argv[3]))
-        cos = [cosine(run(i), e) for i, e in zip(ev["ids"], ev["embeddings"])]
+        cos = [cosine(run(tok.encode(t).ids), e) for t, e in zip(ev["texts"], ev["embeddings"])]
         out["eval_cosine_mean"] = float(np.mean(cos))
+        # The graph's own semantics: no fusion into onnxruntime's integer kernels.
+        plain = ort.SessionOptions()
+        plain.intra_op_num_threads = 1
+        plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        ref_sess = ort.InferenceSession(path, plain, providers=["CPUExecutionProvider"])
+        cos = [cosine(ref_sess.run(["sentence_embedding"], feeds(tok.encode(t).ids))[0][0], e)
+               for t, e in zip(ev["texts"], ev["embeddings"])]
+        out["eval_cosine_mean_unfused"] = float(np.mean(cos))
     try:
         import openvino as ov
     except ImportError:

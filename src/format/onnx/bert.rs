@@ -55,6 +55,10 @@ impl ActQuant {
 pub struct QdqPlan {
     pub ops: BTreeSet<String>,
     pub activations: BTreeMap<String, ActQuant>,
+    /// Weights in [-63, 63] instead of [-127, 127]: x86 CPUs without VNNI sum
+    /// uint8 x int8 products in saturating int16 pairs (onnxruntime's
+    /// `reduce_range`), which full-range weights can overflow.
+    pub reduce_range: bool,
 }
 
 /// How weights are stored.
@@ -195,7 +199,11 @@ impl Builder<'_> {
         if !int8 {
             return self.float(name, &m.shape, &m.data);
         }
-        let (codes, scales) = quantize_per_channel(m, axis);
+        let qmax = match self.storage {
+            Storage::Int8(plan) if plan.reduce_range => 63.0,
+            _ => 127.0,
+        };
+        let (codes, scales) = quantize_per_channel(m, axis, qmax);
         let q = self.g.i8(&format!("{name}.int8"), &m.shape, &codes);
         let s = self
             .g
@@ -515,9 +523,9 @@ impl Builder<'_> {
     }
 }
 
-/// Symmetric int8 codes in [-127, 127] with one scale per entry along
+/// Symmetric int8 codes in [-qmax, qmax] with one scale per entry along
 /// `axis` (0: rows, 1: columns) of a `[rows, cols]` matrix.
-pub fn quantize_per_channel(m: &Dense, axis: usize) -> (Vec<i8>, Vec<f32>) {
+pub fn quantize_per_channel(m: &Dense, axis: usize, qmax: f32) -> (Vec<i8>, Vec<f32>) {
     let (rows, cols) = (m.shape[0], m.shape[1]);
     let channels = if axis == 0 { rows } else { cols };
     let mut absmax = vec![0f32; channels];
@@ -529,7 +537,7 @@ pub fn quantize_per_channel(m: &Dense, axis: usize) -> (Vec<i8>, Vec<f32>) {
     }
     let scales: Vec<f32> = absmax
         .iter()
-        .map(|&a| if a > 0.0 { a / 127.0 } else { 1.0 })
+        .map(|&a| if a > 0.0 { a / qmax } else { 1.0 })
         .collect();
     let codes = m
         .data
@@ -537,7 +545,7 @@ pub fn quantize_per_channel(m: &Dense, axis: usize) -> (Vec<i8>, Vec<f32>) {
         .enumerate()
         .map(|(i, &v)| {
             let ch = if axis == 0 { i / cols } else { i % cols };
-            (v / scales[ch]).round_ties_even().clamp(-127.0, 127.0) as i8
+            (v / scales[ch]).round_ties_even().clamp(-qmax, qmax) as i8
         })
         .collect();
     (codes, scales)

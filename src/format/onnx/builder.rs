@@ -47,7 +47,11 @@ impl GraphBuilder {
 
     pub fn f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
         debug_assert_eq!(dims.iter().product::<usize>(), data.len());
-        let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = if cfg!(target_endian = "little") {
+            bytemuck::cast_slice(data).to_vec()
+        } else {
+            data.iter().flat_map(|v| v.to_le_bytes()).collect()
+        };
         self.raw(name, dims, data_type::FLOAT, bytes)
     }
 
@@ -66,8 +70,12 @@ impl GraphBuilder {
     }
 
     pub fn i8(&mut self, name: &str, dims: &[usize], data: &[i8]) -> String {
-        let bytes = data.iter().map(|&v| v as u8).collect();
-        self.raw(name, dims, data_type::INT8, bytes)
+        self.raw(
+            name,
+            dims,
+            data_type::INT8,
+            bytemuck::cast_slice(data).to_vec(),
+        )
     }
 
     pub fn u8(&mut self, name: &str, dims: &[usize], data: &[u8]) -> String {

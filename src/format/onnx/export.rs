@@ -21,10 +21,8 @@ use crate::quant::qdq::{self, Int8Plan, QdqError};
 /// Tokens per calibration text: longer lines are cut (as sentence encoders
 /// are usually fed), which bounds calibration time.
 pub const CALIBRATION_MAX_TOKENS: usize = 128;
-/// Calibration texts used (the first non-empty lines of the file).
-pub const CALIBRATION_TEXTS: usize = 256;
-/// Of those, how many measure sensitivity and the cosine budget.
-pub const PROBE_TEXTS: usize = 32;
+/// Of the calibration texts, how many measure sensitivity and the cosine budget.
+pub const PROBE_TEXTS: usize = 16;
 
 /// An ONNX scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -63,6 +61,10 @@ impl OnnxScheme {
 pub struct Calibration {
     pub file: PathBuf,
     pub method: Method,
+    /// Texts used: the first non-empty lines of the file.
+    pub texts: usize,
+    /// Weights in [-63, 63] (see `QdqPlan::reduce_range`).
+    pub reduce_range: bool,
     /// Mean cosine to the float graph the plan must keep on the probe texts.
     pub min_cosine: f64,
 }
@@ -171,7 +173,7 @@ pub fn export(
                 .lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
-                .take(CALIBRATION_TEXTS)
+                .take(cal.texts)
                 .map(str::to_string)
                 .collect();
             if lines.is_empty() {
@@ -186,7 +188,15 @@ pub fn export(
                 CALIBRATION_MAX_TOKENS.min(c.max_position_embeddings),
             )?;
             let probe = &seqs[..seqs.len().min(PROBE_TEXTS)];
-            let plan = qdq::plan_int8(c, &w, &seqs, probe, cal.method, cal.min_cosine)?;
+            let plan = qdq::plan_int8(
+                c,
+                &w,
+                &seqs,
+                probe,
+                cal.method,
+                cal.min_cosine,
+                cal.reduce_range,
+            )?;
             let sha = hex::encode(Sha256::digest(lines.join("\n").as_bytes()));
             metadata.insert("edgeforge.calibration.sha256".into(), sha.clone());
             metadata.insert("edgeforge.calibration.method".into(), plan.method.clone());
@@ -195,6 +205,12 @@ pub fn export(
                 lines.len().to_string(),
             );
             metadata.insert("edgeforge.float_ops".into(), plan.float_ops.join(","));
+            let range = if cal.reduce_range {
+                "[-63, 63]"
+            } else {
+                "[-127, 127]"
+            };
+            metadata.insert("edgeforge.weight_range".into(), range.into());
             let storage = Storage::Int8(plan.plan.clone());
             let info = CalibrationInfo {
                 file: cal.file.clone(),

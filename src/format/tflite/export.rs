@@ -44,7 +44,7 @@ impl Scheme {
 }
 
 /// The sentences accuracy is measured on (sentence-transformers' examples,
-/// the ones `../shared/models/refs/minilm_reference.json` holds).
+/// the ones `tests/fixtures/refs/minilm_reference.json` holds).
 pub const REFERENCE_SENTENCES: [&str; 5] = [
     "The weather is lovely today.",
     "It's so sunny outside!",

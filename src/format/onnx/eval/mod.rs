@@ -196,3 +196,54 @@ fn run_node(
 fn attr<'a>(attrs: &'a [AttributeProto], name: &str) -> Option<&'a AttributeProto> {
     attrs.iter().find(|a| a.name.as_deref() == Some(name))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::format::onnx::builder::{attr_int, Dim, GraphBuilder};
+    use crate::format::onnx::proto::data_type;
+
+    /// Writes, re-reads and runs `x -> Q -> DQ -> MatMul(W per-axis DQ)`.
+    #[test]
+    fn qdq_rounds_half_to_even_saturates_and_dequantizes_per_axis() {
+        let mut g = GraphBuilder::new();
+        g.input("x", data_type::FLOAT, &[Dim::Named("n"), Dim::Fixed(2)]);
+        g.output("y", data_type::FLOAT, &[Dim::Named("n"), Dim::Fixed(2)]);
+        let s = g.scalar("s", 0.5);
+        let z = g.u8("z", &[], &[10]);
+        g.op("QuantizeLinear", &["x", &s, &z], "xq", vec![]);
+        g.op("DequantizeLinear", &["xq", &s, &z], "xdq", vec![]);
+        g.i8("w", &[2, 2], &[1, -2, 3, 4]);
+        g.f32("ws", &[2], &[1.0, 0.25]);
+        g.i8("wz", &[2], &[0, 0]);
+        g.op(
+            "DequantizeLinear",
+            &["w", "ws", "wz"],
+            "wdq",
+            vec![attr_int("axis", 1)],
+        );
+        g.op("MatMul", &["xdq", "wdq"], "y", vec![]);
+        let bytes = crate::format::onnx::encode(&g.finish("t", &BTreeMap::new()));
+        let model = crate::format::onnx::decode(&bytes, Path::new("t.onnx")).unwrap();
+        let session = Session::new(&model, Path::new("t.onnx")).unwrap();
+        // 0.25 / 0.5 = 0.5 rounds to 0 (even), 0.75 / 0.5 = 1.5 rounds to 2;
+        // -100 saturates at code 0 (value -5), 1000 at 255 (value 122.5).
+        let x = Value::f32(vec![2, 2], vec![0.25, 0.75, -100.0, 1000.0]);
+        let mut seen = Vec::new();
+        let out = session
+            .run(vec![("x", x)], &mut |name, v| {
+                seen.push((name.to_string(), v.clone()))
+            })
+            .unwrap();
+        let xdq = &seen.iter().find(|(n, _)| n == "xdq").unwrap().1;
+        assert_eq!(xdq.as_f32().unwrap(), &[0.0, 1.0, -5.0, 122.5]);
+        // W dequantized per column: [[1, -0.5], [3, 1]].
+        let y = out["y"].as_f32().unwrap();
+        assert_eq!(y, &[3.0, 1.0, 362.5, 125.0]);
+        // The weight's DequantizeLinear ran once, when the session was prepared.
+        assert!(!seen.iter().any(|(n, _)| n == "wdq"));
+        assert_eq!(bytes, crate::format::onnx::encode(&model));
+    }
+}

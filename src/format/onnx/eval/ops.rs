@@ -306,7 +306,7 @@ fn reshape(c: &Ctx) -> R<Value> {
     }
     if let Some(i) = infer {
         let known: usize = shape.iter().product();
-        if known == 0 || n % known != 0 {
+        if known == 0 || !n.is_multiple_of(known) {
             return Err(format!(
                 "cannot infer a dimension of {spec:?} for {n} elements"
             ));
@@ -607,13 +607,11 @@ fn dequantize(c: &Ctx) -> R<Value> {
         Data::U8(v) => v.iter().map(|&q| i32::from(q)).collect(),
         other => return Err(format!("input of type {}", other.type_name())),
     };
-    let out = codes
-        .iter()
-        .enumerate()
-        .map(|(i, &q)| {
-            let (sc, z) = p.at(i);
-            (q - z) as f32 * sc
-        })
-        .collect();
+    // Runs of `inner` elements share one channel's parameters.
+    let mut out = Vec::with_capacity(codes.len());
+    for (run, qs) in codes.chunks(p.inner.max(1)).enumerate() {
+        let (sc, z) = p.at(run * p.inner);
+        out.extend(qs.iter().map(|&q| (q - z) as f32 * sc));
+    }
     Ok(Value::f32(x.shape.clone(), out))
 }
