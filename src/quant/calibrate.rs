@@ -169,7 +169,8 @@ fn edge((lo, hi): (f32, f32), bin: usize) -> f32 {
 /// The range that keeps `p`% of the counts, clipping equal tails (never past 0).
 fn percentile_range(h: &[u64], range: (f32, f32), p: f64) -> (f32, f32) {
     let total: u64 = h.iter().sum();
-    if total == 0 {
+    // 100% keeps everything observed: the same range MinMax gives.
+    if total == 0 || p >= 100.0 {
         return range;
     }
     let tail = ((1.0 - p / 100.0) / 2.0 * total as f64).floor() as u64;
