@@ -736,7 +736,12 @@ pub struct CalibrationArgs {
     pub calibration: Option<PathBuf>,
     /// How many of its first non-empty lines calibrate (ONNX: the first 16
     /// of them also measure each op's sensitivity)
-    #[arg(long, value_name = "N", default_value_t = 256, visible_alias = "calibration-lines")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 256,
+        visible_alias = "calibration-lines"
+    )]
     pub calibration_texts: usize,
     /// How activation ranges are chosen from what calibration observed
     /// (default: percentile for ONNX, minmax for TFLite)
