@@ -102,6 +102,35 @@ pub fn tensor_name(arch: &Architecture, hf: &str) -> Option<String> {
                 format!("blk.{n}.{part}")
             }
         },
+        Architecture::Gemma3(_) => {
+            // Text-only checkpoints say `model.`, multimodal ones nest it.
+            let stem = stem.strip_prefix("language_model.").unwrap_or(stem);
+            match stem {
+                "model.embed_tokens" => "token_embd".to_string(),
+                "model.norm" => "output_norm".to_string(),
+                "lm_head" => "output".to_string(),
+                s => {
+                    let (n, tail) = layer(s.strip_prefix("model.layers.")?)?;
+                    let part = match tail.as_str() {
+                        "input_layernorm" => "attn_norm",
+                        "self_attn.q_proj" => "attn_q",
+                        "self_attn.k_proj" => "attn_k",
+                        "self_attn.v_proj" => "attn_v",
+                        "self_attn.o_proj" => "attn_output",
+                        "self_attn.q_norm" => "attn_q_norm",
+                        "self_attn.k_norm" => "attn_k_norm",
+                        "post_attention_layernorm" => "post_attention_norm",
+                        "pre_feedforward_layernorm" => "ffn_norm",
+                        "post_feedforward_layernorm" => "post_ffw_norm",
+                        "mlp.gate_proj" => "ffn_gate",
+                        "mlp.up_proj" => "ffn_up",
+                        "mlp.down_proj" => "ffn_down",
+                        _ => return None,
+                    };
+                    format!("blk.{n}.{part}")
+                }
+            }
+        }
         Architecture::Other { .. } => stem.to_string(),
     };
     Some(format!("{name}.{suffix}"))
@@ -189,6 +218,15 @@ pub fn hf_metadata(
             put("general.file_type", MetaValue::U32(file_type));
             put("llama.vocab_size", u32v(c.vocab_size));
             put("llama.rope.dimension_count", u32v(c.head_dim()));
+        }
+        Architecture::Gemma3(_) => {
+            // llama.cpp's converter also adds 1 to every Gemma norm weight;
+            // writing HF weights under GGUF names without that would run wrong.
+            return Err(
+                "converting a Hugging Face gemma3 checkpoint to GGUF is not supported yet \
+                 (quantize its GGUF instead)"
+                    .into(),
+            );
         }
         Architecture::Other { name: arch } => {
             put("general.architecture", MetaValue::String(arch.clone()));
@@ -416,6 +454,39 @@ mod tests {
             tensor_name(&llama(), "blk.2.ffn_gate.weight").as_deref(),
             Some("blk.2.ffn_gate.weight")
         );
+    }
+
+    #[test]
+    fn maps_gemma3_hf_names_to_llama_cpp() {
+        let text = r#"{"model_type":"gemma3_text","vocab_size":16,"hidden_size":8,
+            "intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,
+            "num_key_value_heads":1,"head_dim":4,"max_position_embeddings":64,
+            "sliding_window":8,"query_pre_attn_scalar":4}"#;
+        let gemma = crate::model::config::from_hf_config(text).unwrap();
+        for (hf, gguf) in [
+            (
+                "model.layers.0.pre_feedforward_layernorm.weight",
+                "blk.0.ffn_norm.weight",
+            ),
+            (
+                "model.layers.0.post_feedforward_layernorm.weight",
+                "blk.0.post_ffw_norm.weight",
+            ),
+            (
+                "model.layers.0.post_attention_layernorm.weight",
+                "blk.0.post_attention_norm.weight",
+            ),
+            (
+                "model.layers.0.self_attn.k_norm.weight",
+                "blk.0.attn_k_norm.weight",
+            ),
+            (
+                "language_model.model.embed_tokens.weight",
+                "token_embd.weight",
+            ),
+        ] {
+            assert_eq!(tensor_name(&gemma, hf).as_deref(), Some(gguf), "{hf}");
+        }
     }
 
     #[test]

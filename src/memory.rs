@@ -9,13 +9,24 @@ use crate::model::Architecture;
 pub const KV_CACHE_ELEM_BYTES: u64 = 2;
 
 /// KV-cache bytes for `context` tokens: layers × kv heads × head dim × 2
-/// (keys and values) × context × element size. Encoders keep no cache.
+/// (keys and values) × context × element size, where a sliding-window
+/// layer keeps only its window of positions. Encoders keep no cache.
 pub fn kv_cache_bytes(arch: &Architecture, context: u64) -> u64 {
     match arch {
         Architecture::Llama(c) => {
             let per_token =
                 c.num_hidden_layers as u64 * c.kv_heads() as u64 * c.head_dim() as u64 * 2;
             per_token * context * KV_CACHE_ELEM_BYTES
+        }
+        Architecture::Gemma3(c) => {
+            let per_position = c.num_key_value_heads as u64 * c.head_dim as u64 * 2;
+            let positions: u64 = (0..c.num_hidden_layers)
+                .map(|i| match c.is_sliding(i) {
+                    true => context.min(c.sliding_window as u64),
+                    false => context,
+                })
+                .sum();
+            per_position * positions * KV_CACHE_ELEM_BYTES
         }
         Architecture::Bert(_) | Architecture::Other { .. } => 0,
     }
@@ -25,6 +36,7 @@ pub fn kv_cache_bytes(arch: &Architecture, context: u64) -> u64 {
 pub fn max_context(arch: &Architecture) -> Option<u64> {
     match arch {
         Architecture::Llama(c) => Some(c.max_position_embeddings as u64),
+        Architecture::Gemma3(c) => Some(c.max_position_embeddings as u64),
         Architecture::Bert(c) => Some(c.max_position_embeddings as u64),
         Architecture::Other { .. } => None,
     }
@@ -36,17 +48,18 @@ pub fn max_context(arch: &Architecture) -> Option<u64> {
 pub fn activation_bytes(arch: &Architecture, context: u64) -> u64 {
     let (hidden, ffn, heads) = match arch {
         Architecture::Llama(c) => (c.hidden_size, c.intermediate_size, c.num_attention_heads),
+        Architecture::Gemma3(c) => (c.hidden_size, c.intermediate_size, c.num_attention_heads),
         Architecture::Bert(c) => (c.hidden_size, c.intermediate_size, c.num_attention_heads),
         Architecture::Other { .. } => return 0,
     };
     // A decoder attends one new token against the cache; an encoder builds the
     // full context × context score matrix.
     let scores = match arch {
-        Architecture::Llama(_) => heads as u64 * context,
+        Architecture::Llama(_) | Architecture::Gemma3(_) => heads as u64 * context,
         _ => heads as u64 * context * context,
     };
     let rows = match arch {
-        Architecture::Llama(_) => 1,
+        Architecture::Llama(_) | Architecture::Gemma3(_) => 1,
         _ => context,
     };
     4 * (rows * (4 * hidden as u64 + 2 * ffn as u64) + scores)
@@ -133,5 +146,22 @@ mod tests {
         let f = Footprint::new(&arch, 100 << 20, 2048, 50 << 20, 100 << 20);
         assert!(!f.fits());
         assert!(f.shortfall_mib() > 50.0);
+    }
+
+    #[test]
+    fn gemma3_sliding_layers_cache_only_their_window() {
+        let text = r#"{"model_type":"gemma3_text","vocab_size":262144,"hidden_size":640,
+            "intermediate_size":2048,"num_hidden_layers":18,"num_attention_heads":4,
+            "num_key_value_heads":1,"head_dim":256,"max_position_embeddings":32768,
+            "sliding_window":512,"query_pre_attn_scalar":256}"#;
+        let arch = crate::model::config::from_hf_config(text).unwrap();
+        let per_position = 256 * 2 * KV_CACHE_ELEM_BYTES;
+        // Below the window every layer caches every position.
+        assert_eq!(kv_cache_bytes(&arch, 128), 18 * 128 * per_position);
+        // Past it, 15 sliding layers stop at 512; the 3 global ones grow.
+        assert_eq!(
+            kv_cache_bytes(&arch, 8192),
+            (15 * 512 + 3 * 8192) * per_position
+        );
     }
 }

@@ -131,7 +131,7 @@ pub fn measure(
                 }
                 let la = da.forward(&tokens, &mut da.new_cache(), true);
                 let lr = dr.forward(&tokens, &mut dr.new_cache(), true);
-                let vocab = da.config.vocab_size;
+                let vocab = da.spec.vocab;
                 for (i, &next) in tokens.iter().enumerate().skip(1) {
                     let (ra, rr) = (
                         &la[(i - 1) * vocab..i * vocab],

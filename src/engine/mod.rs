@@ -1,13 +1,16 @@
-//! CPU inference on burn's flex backend for the two families we run:
-//! BERT-style encoders (sentence embeddings) and LLaMA-style decoders
-//! (generation). Weights come from any format and dtype `Model` opens,
-//! decoded to f32 once at load (see docs/benchmarks.md for why).
+//! CPU inference for the families we run: BERT-style encoders (sentence
+//! embeddings, on burn's flex backend) and decoders (generation, on our
+//! block kernels: one `decoder` with a small file per family in
+//! `families`). Weights come from any format and dtype `Model` opens
+//! (docs/engine.md).
 
 pub mod activation;
 pub mod bert;
+pub mod decoder;
 pub mod encoder;
-pub mod llama;
+pub mod families;
 pub mod sample;
+mod spm;
 pub mod tokenizer;
 pub mod weights;
 
@@ -18,14 +21,14 @@ use serde::Serialize;
 
 use crate::model::{Architecture, Model};
 pub use bert::{Batch, BertEncoder};
+pub use decoder::{Decoder, KvCache};
 pub use encoder::{Encoder, Precision};
-pub use llama::{KvCache, LlamaDecoder};
 pub use sample::{Sampler, Sampling};
 pub use tokenizer::TextTokenizer;
 use weights::Weights;
 
 /// Families the engine runs, for error messages.
-pub const SUPPORTED: &str = "bert (encoder), llama (decoder)";
+pub const SUPPORTED: &str = "bert (encoder); llama, gemma3 (decoders)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -55,7 +58,7 @@ pub enum EngineError {
 /// The network of a loaded model.
 pub enum Network {
     Encoder(Encoder),
-    Decoder(LlamaDecoder),
+    Decoder(Decoder),
 }
 
 /// A model ready to run: network, tokenizer and how long loading took.
@@ -87,17 +90,24 @@ impl Engine {
     pub fn load_with(model: &Model, precision: Precision) -> Result<Self, EngineError> {
         let started = Instant::now();
         let weights = Weights::new(model);
-        let network = match &model.architecture {
-            Architecture::Bert(c) => Network::Encoder(Encoder::build(
+        let arch = &model.architecture;
+        let network = match (arch, families::spec(arch)) {
+            (Architecture::Bert(c), _) => Network::Encoder(Encoder::build(
                 c,
                 &|name, shape| weights.get(name, shape),
                 precision,
             )?),
-            Architecture::Llama(c) => Network::Decoder(LlamaDecoder::load(c, &weights)?),
-            Architecture::Other { name } => {
+            (_, Some(spec)) => {
+                let spec = spec.map_err(|m| EngineError::Usage {
+                    path: model.path.clone(),
+                    message: format!("{} hyperparameters: {m}", arch.name()),
+                })?;
+                Network::Decoder(Decoder::load(spec, &weights)?)
+            }
+            (_, None) => {
                 return Err(EngineError::Unsupported {
                     path: model.path.clone(),
-                    arch: name.clone(),
+                    arch: arch.name().to_string(),
                 })
             }
         };
@@ -187,13 +197,16 @@ impl Engine {
         mut on_text: impl FnMut(&str),
     ) -> Result<Generation, EngineError> {
         let Network::Decoder(decoder) = &self.network else {
-            return Err(self.usage("`generate` needs a decoder model (llama); this is an encoder"));
+            return Err(self.usage(&format!(
+                "`generate` needs a decoder model ({}); this is an encoder",
+                families::DECODERS
+            )));
         };
         let prompt_tokens = self.tokenizer.encode(prompt)?;
         if prompt_tokens.is_empty() {
             return Err(self.usage("the prompt is empty after tokenization"));
         }
-        let context = decoder.config.max_position_embeddings;
+        let context = decoder.spec.context;
         if prompt_tokens.len() + max_tokens > context {
             return Err(self.usage(&format!(
                 "prompt ({} tokens) + --max-tokens {max_tokens} exceeds the model's context of {context}",

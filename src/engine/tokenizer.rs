@@ -1,6 +1,7 @@
 //! Text to token ids and back with the HF `tokenizers` crate, built either
 //! from a `tokenizer.json` or from a GGUF file's `tokenizer.ggml.*` metadata
-//! (byte-level BPE for LLaMA-style models, WordPiece for BERT GGUFs we write).
+//! (byte-level BPE for LLaMA-style models, WordPiece for BERT GGUFs we
+//! write), or with our SentencePiece BPE (`spm`) for GGUF `llama` tokenizers.
 
 use std::path::{Path, PathBuf};
 
@@ -18,11 +19,17 @@ use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
 use crate::format::gguf::{GgufFile, MetaValue};
 
+use super::spm::SentencePiece;
 use super::EngineError;
+
+enum Backend {
+    Hf(Box<Tokenizer>),
+    SentencePiece(Box<SentencePiece>),
+}
 
 /// A tokenizer plus the special-token facts generation needs.
 pub struct TextTokenizer {
-    inner: Tokenizer,
+    inner: Backend,
     /// Prepend this id to prompts (GGUF `add_bos_token`).
     pub bos: Option<u32>,
     /// Generation stops at any of these.
@@ -61,7 +68,7 @@ impl TextTokenizer {
             .take(1)
             .collect();
         Ok(Self {
-            inner,
+            inner: Backend::Hf(Box::new(inner)),
             bos: None,
             eos,
             source: path.to_path_buf(),
@@ -75,7 +82,10 @@ impl TextTokenizer {
 
     /// Token text to id, special tokens included (to compare two tokenizers).
     pub fn vocabulary(&self) -> std::collections::BTreeMap<String, u32> {
-        self.inner.get_vocab(true).into_iter().collect()
+        match &self.inner {
+            Backend::Hf(t) => t.get_vocab(true).into_iter().collect(),
+            Backend::SentencePiece(sp) => sp.vocabulary().map(|(p, i)| (p.into(), i)).collect(),
+        }
     }
 
     /// Builds the tokenizer a GGUF file describes.
@@ -106,6 +116,53 @@ impl TextTokenizer {
             _ => vec![1; tokens.len()],
         };
         let model = file.get_str("tokenizer.ggml.model").unwrap_or("");
+        let add_bos = matches!(
+            file.get("tokenizer.ggml.add_bos_token"),
+            Some(MetaValue::Bool(true))
+        );
+        let bos = if add_bos {
+            id("tokenizer.ggml.bos_token_id")
+        } else {
+            None
+        };
+        let eos: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
+        if model == "llama" {
+            let scores: Vec<f32> = match file.get("tokenizer.ggml.scores") {
+                Some(MetaValue::Array(a)) => a
+                    .values
+                    .iter()
+                    .map(|v| v.as_f64().map(|s| s as f32))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| err("`tokenizer.ggml.scores` is not a number array".into()))?,
+                _ => {
+                    return Err(err(
+                        "`tokenizer.ggml.scores` is missing or not an array".into()
+                    ))
+                }
+            };
+            // llama.cpp's default for SentencePiece vocabularies is to add one.
+            let space_prefix = !matches!(
+                file.get("tokenizer.ggml.add_space_prefix"),
+                Some(MetaValue::Bool(false))
+            );
+            let n = tokens.len();
+            for (key, v) in [("bos", bos), ("eos", eos.first().copied())] {
+                if v.is_some_and(|v| v as usize >= n) {
+                    return Err(err(format!(
+                        "{key} token id is not below the vocabulary size {n}"
+                    )));
+                }
+            }
+            let unknown = id("tokenizer.ggml.unknown_token_id").filter(|&u| (u as usize) < n);
+            let sp =
+                SentencePiece::new(tokens, scores, types, unknown, space_prefix).map_err(err)?;
+            return Ok(Self {
+                inner: Backend::SentencePiece(Box::new(sp)),
+                bos,
+                eos,
+                source: file.path().to_path_buf(),
+            });
+        }
         let mut inner = match model {
             "gpt2" => {
                 let merges = strings("tokenizer.ggml.merges")?
@@ -184,7 +241,7 @@ impl TextTokenizer {
             }
             other => {
                 return Err(err(format!(
-                    "tokenizer model `{other}` is not supported (supported: gpt2, bert)"
+                    "tokenizer model `{other}` is not supported (supported: gpt2, bert, llama)"
                 )))
             }
         };
@@ -198,44 +255,45 @@ impl TextTokenizer {
         inner
             .add_special_tokens(specials)
             .map_err(|e| err(e.to_string()))?;
-        let add_bos = matches!(
-            file.get("tokenizer.ggml.add_bos_token"),
-            Some(MetaValue::Bool(true))
-        );
         Ok(Self {
-            inner,
-            bos: if add_bos {
-                id("tokenizer.ggml.bos_token_id")
-            } else {
-                None
-            },
-            eos: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
+            inner: Backend::Hf(Box::new(inner)),
+            bos,
+            eos,
             source: file.path().to_path_buf(),
         })
     }
 
     /// Token ids of `text`, with the special tokens the model expects.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        let enc = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| self.error(e.to_string()))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let mut ids = Vec::new();
         ids.extend(self.bos);
-        ids.extend_from_slice(enc.get_ids());
+        match &self.inner {
+            Backend::Hf(t) => {
+                let enc = t
+                    .encode(text, true)
+                    .map_err(|e| self.error(e.to_string()))?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+            Backend::SentencePiece(sp) => ids.extend(sp.encode(text)),
+        }
         Ok(ids)
     }
 
-    /// Text of `ids`, special tokens left out.
+    /// Text of `ids`, special tokens left out (a character cut between
+    /// byte tokens shows as U+FFFD).
     pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| self.error(e.to_string()))
+        match &self.inner {
+            Backend::Hf(t) => t.decode(ids, true).map_err(|e| self.error(e.to_string())),
+            Backend::SentencePiece(sp) => Ok(String::from_utf8_lossy(&sp.decode(ids)).into_owned()),
+        }
     }
 
     /// The token's own string (for reports and tests).
     pub fn token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.inner {
+            Backend::Hf(t) => t.id_to_token(id),
+            Backend::SentencePiece(sp) => sp.piece(id).map(str::to_string),
+        }
     }
 
     fn error(&self, message: String) -> EngineError {

@@ -55,6 +55,11 @@ impl<'m> Weights<'m> {
         self.index.contains_key(name)
     }
 
+    /// Whether `name` is stored under its Hugging Face name (not llama.cpp's).
+    pub fn is_hf_named(&self, name: &str) -> bool {
+        self.index.get(name).is_some_and(|t| t.name != name)
+    }
+
     /// Decodes a tensor to f32, checking its shape (row-major, outermost first).
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Dense, EngineError> {
         let dense = self.decode(name)?;

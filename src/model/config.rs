@@ -1,8 +1,10 @@
-//! Typed model hyperparameters for the two architecture families we run:
-//! BERT-style encoders and LLaMA-style decoders, read from a Hugging Face
-//! `config.json` or from GGUF metadata (`<arch>.*` keys).
+//! Typed model hyperparameters for the architecture families we run:
+//! BERT-style encoders, LLaMA-style and Gemma-3 decoders, read from a
+//! Hugging Face `config.json` or from GGUF metadata (`<arch>.*` keys).
 
 use serde::{Deserialize, Serialize};
+
+pub use super::gemma3::Gemma3Config;
 
 /// A BERT-style encoder (post-LayerNorm blocks, GELU, learned positions).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +79,7 @@ fn default_rope_theta() -> f64 {
 pub enum Architecture {
     Bert(BertConfig),
     Llama(LlamaConfig),
+    Gemma3(Gemma3Config),
     /// A model we can inspect and quantize but not run: its declared type.
     Other {
         name: String,
@@ -89,8 +92,14 @@ impl Architecture {
         match self {
             Architecture::Bert(_) => "bert",
             Architecture::Llama(_) => "llama",
+            Architecture::Gemma3(_) => "gemma3",
             Architecture::Other { name } => name,
         }
+    }
+
+    /// Whether this is a family the engine decodes with (generates text).
+    pub fn is_decoder(&self) -> bool {
+        matches!(self, Architecture::Llama(_) | Architecture::Gemma3(_))
     }
 
     /// Number of transformer blocks, when known.
@@ -98,6 +107,7 @@ impl Architecture {
         match self {
             Architecture::Bert(c) => Some(c.num_hidden_layers),
             Architecture::Llama(c) => Some(c.num_hidden_layers),
+            Architecture::Gemma3(c) => Some(c.num_hidden_layers),
             Architecture::Other { .. } => None,
         }
     }
@@ -107,6 +117,7 @@ impl Architecture {
         match self {
             Architecture::Bert(c) => Some(c.hidden_size),
             Architecture::Llama(c) => Some(c.hidden_size),
+            Architecture::Gemma3(c) => Some(c.hidden_size),
             Architecture::Other { .. } => None,
         }
     }
@@ -129,6 +140,19 @@ impl Architecture {
                 c.hidden_size,
                 c.num_attention_heads,
                 c.kv_heads(),
+                c.intermediate_size,
+                c.vocab_size,
+                c.max_position_embeddings
+            ),
+            Architecture::Gemma3(c) => format!(
+                "gemma3 decoder: {} blocks ({} sliding-window {}), d_model {}, {} heads / {} kv heads, head dim {}, ffn {}, vocab {}, context {}",
+                c.num_hidden_layers,
+                (0..c.num_hidden_layers).filter(|&i| c.is_sliding(i)).count(),
+                c.sliding_window,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.head_dim,
                 c.intermediate_size,
                 c.vocab_size,
                 c.max_position_embeddings
@@ -295,6 +319,7 @@ pub fn from_hf_config(text: &str) -> Result<Architecture, String> {
         "llama" | "mistral" => Ok(Architecture::Llama(
             serde_json::from_str(text).map_err(typed)?,
         )),
+        "gemma3_text" | "gemma3" => Ok(Architecture::Gemma3(Gemma3Config::from_hf(text)?)),
         other => Ok(Architecture::Other {
             name: other.to_string(),
         }),

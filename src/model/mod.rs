@@ -4,6 +4,7 @@
 //! tensor list with row-major shapes, dtypes and roles, and zero-copy bytes.
 
 pub mod config;
+pub mod gemma3;
 pub mod role;
 pub mod summary;
 
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use config::{Architecture, BertConfig, LlamaConfig};
+pub use config::{Architecture, BertConfig, Gemma3Config, LlamaConfig};
 pub use role::TensorRole;
 
 use crate::format::gguf::{GgmlType, GgufFile, MetaValue};
@@ -407,6 +408,11 @@ pub fn gguf_architecture(file: &GgufFile) -> Architecture {
         Some(MetaValue::Array(a)) => Some(a.len()),
         _ => None,
     });
+    if arch == "gemma3" {
+        if let Some(c) = Gemma3Config::from_gguf(file, vocab) {
+            return Architecture::Gemma3(c);
+        }
+    }
     let parsed = (|| -> Option<Architecture> {
         let hidden = int("embedding_length")?;
         let heads = int("attention.head_count")?;

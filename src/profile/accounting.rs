@@ -25,9 +25,24 @@ pub fn parameters_by_role(model: &Model) -> BTreeMap<TensorRole, u64> {
 /// passes through (embedding lookups excluded, a tied head included), plus
 /// the attention score and weighted-sum products.
 pub fn forward_flops(model: &Model, tokens: u64, context: u64) -> f64 {
-    let (layers, hidden) = match &model.architecture {
-        Architecture::Bert(c) => (c.num_hidden_layers, c.hidden_size),
-        Architecture::Llama(c) => (c.num_hidden_layers, c.num_attention_heads * c.head_dim()),
+    // Per layer: the attention width and how many positions it attends to
+    // (a sliding-window layer at most its window).
+    let attended: Vec<(usize, u64)> = match &model.architecture {
+        Architecture::Bert(c) => vec![(c.hidden_size, context); c.num_hidden_layers],
+        Architecture::Llama(c) => {
+            vec![(c.num_attention_heads * c.head_dim(), context); c.num_hidden_layers]
+        }
+        Architecture::Gemma3(c) => (0..c.num_hidden_layers)
+            .map(|i| {
+                let window = c.sliding_window as u64;
+                let seen = if c.is_sliding(i) {
+                    context.min(window)
+                } else {
+                    context
+                };
+                (c.num_attention_heads * c.head_dim, seen)
+            })
+            .collect(),
         Architecture::Other { .. } => return 0.0,
     };
     // Quantized safetensors store weights as integers (int4 two per byte):
@@ -56,13 +71,16 @@ pub fn forward_flops(model: &Model, tokens: u64, context: u64) -> f64 {
             }
         })
         .sum();
+    let untied = !model.tensors.iter().any(|t| t.role == TensorRole::Head);
     let tied_head = match &model.architecture {
-        Architecture::Llama(c) if !model.tensors.iter().any(|t| t.role == TensorRole::Head) => {
-            (c.vocab_size * c.hidden_size) as u64
-        }
+        Architecture::Llama(c) if untied => (c.vocab_size * c.hidden_size) as u64,
+        Architecture::Gemma3(c) if untied => (c.vocab_size * c.hidden_size) as u64,
         _ => 0,
     };
-    let attention = 4.0 * layers as f64 * hidden as f64 * context as f64;
+    let attention: f64 = attended
+        .iter()
+        .map(|&(width, seen)| 4.0 * width as f64 * seen as f64)
+        .sum();
     tokens as f64 * (2.0 * (matmul + tied_head) as f64 + attention)
 }
 
@@ -76,7 +94,7 @@ pub fn constraints(model: &Model, target: &Target) -> Constraints {
     Constraints {
         allowed: Some(target.allowed_schemes()),
         gguf: wants_gguf(target),
-        tied_output: matches!(model.architecture, Architecture::Llama(_))
+        tied_output: model.architecture.is_decoder()
             && !model
                 .tensors
                 .iter()
@@ -177,7 +195,7 @@ pub fn host_rss_estimate(model: &Model, tokens: u64) -> u64 {
         .filter_map(|f| std::fs::metadata(f).ok())
         .map(|m| m.len())
         .sum();
-    let decoder = matches!(model.architecture, Architecture::Llama(_));
+    let decoder = model.architecture.is_decoder();
     let resident: u64 = model
         .tensors
         .iter()

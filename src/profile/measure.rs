@@ -69,6 +69,7 @@ pub fn measure(
     let vocab = match &model.architecture {
         crate::model::Architecture::Bert(c) => c.vocab_size,
         crate::model::Architecture::Llama(c) => c.vocab_size,
+        crate::model::Architecture::Gemma3(c) => c.vocab_size,
         crate::model::Architecture::Other { .. } => 1000,
     } as u32;
     let mut m = Measurement {

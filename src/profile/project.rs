@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Architecture, Model};
+use crate::model::Model;
 use crate::target::Target;
 
 /// Efficiencies used when nothing was measured: typical for a CPU runtime.
@@ -107,7 +107,7 @@ pub fn project(target: &Target, scheme: &str, work: Work, eff: Efficiency) -> Pr
 /// What one run of `model` costs with `weight_bytes` of weights, at
 /// `tokens` input (encoders) or prompt (decoders) tokens.
 pub fn work_of(model: &Model, tokens: u64, weight_bytes: u64) -> Work {
-    let decoder = matches!(model.architecture, Architecture::Llama(_));
+    let decoder = model.architecture.is_decoder();
     let tokens = crate::memory::max_context(&model.architecture).map_or(tokens, |m| tokens.min(m));
     Work {
         flops: super::accounting::forward_flops(model, tokens, tokens),

@@ -69,6 +69,15 @@ pub fn smollm2_gguf() -> PathBuf {
     model_dir("smollm2").join("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// Gemma-3-270M in llama.cpp's Q4_K_M, or the GGUF `$EDGEFORGE_GEMMA3_GGUF`
+/// names (to run the gemma3 tests on another encoding of the model).
+pub fn gemma3_gguf() -> PathBuf {
+    match std::env::var_os("EDGEFORGE_GEMMA3_GGUF") {
+        Some(path) => PathBuf::from(path),
+        None => model_dir("gemma3").join("gemma-3-270m-q4_k_m.gguf"),
+    }
+}
+
 /// Reference results shipped beside the models.
 pub fn refs_dir() -> PathBuf {
     repo_root().join("tests/fixtures/refs")

@@ -436,8 +436,8 @@ fn seeded_sampling_is_reproducible_and_differs_from_greedy() {
 #[test]
 fn unsupported_architecture_exits_2_naming_it_and_the_supported_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gemma.gguf");
-    foreign_gguf(&path, "gemma3", "token_embd.weight", &[4, 2]);
+    let path = dir.path().join("rwkv.gguf");
+    foreign_gguf(&path, "rwkv6", "token_embd.weight", &[4, 2]);
     let out = edgeforge()
         .args(["run", "generate"])
         .arg(&path)
@@ -448,10 +448,13 @@ fn unsupported_architecture_exits_2_naming_it_and_the_supported_ones() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains("gemma3") && err.contains("bert") && err.contains("llama"),
+        err.contains("rwkv6")
+            && err.contains("bert")
+            && err.contains("llama")
+            && err.contains("gemma3"),
         "{err}"
     );
-    assert!(err.contains("gemma.gguf"), "{err}");
+    assert!(err.contains("rwkv.gguf"), "{err}");
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod distill;
 mod distribution;
 mod engine;
 mod fed;
+mod gemma3;
 mod gguf;
 mod hostile;
 mod inspect;
