@@ -128,6 +128,7 @@ impl Engine {
         let vocab = match &model.architecture {
             Architecture::Bert(c) => c.vocab_size,
             Architecture::Llama(c) => c.vocab_size,
+            Architecture::Gemma3(c) => c.vocab_size,
             Architecture::Other { .. } => usize::MAX,
         };
         // A token id past the embedding table would index out of it.

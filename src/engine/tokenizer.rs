@@ -77,7 +77,10 @@ impl TextTokenizer {
 
     /// The largest token id, special tokens included.
     pub fn max_id(&self) -> Option<u32> {
-        self.inner.get_vocab(true).into_values().max()
+        match &self.inner {
+            Backend::Hf(t) => t.get_vocab(true).into_values().max(),
+            Backend::SentencePiece(sp) => sp.vocabulary().map(|(_, i)| i).max(),
+        }
     }
 
     /// Token text to id, special tokens included (to compare two tokenizers).

@@ -291,6 +291,7 @@ impl Architecture {
         match self {
             Architecture::Bert(c) => c.check(),
             Architecture::Llama(c) => c.check(),
+            Architecture::Gemma3(c) => c.check(),
             Architecture::Other { .. } => Ok(()),
         }
     }

@@ -161,7 +161,9 @@ impl Model {
                 v["model_type"] = "llama".into();
                 v
             }),
-            Architecture::Other { .. } => return Ok(out),
+            // Gemma-3's HF config has nested text settings our own type does
+            // not round-trip: its safetensors outputs keep side files instead.
+            Architecture::Gemma3(_) | Architecture::Other { .. } => return Ok(out),
         }
         .expect("configs serialize");
         out.insert(EMBEDDED_CONFIG.to_string(), config.to_string());
