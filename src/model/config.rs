@@ -188,55 +188,71 @@ fn divides(what: &str, a: usize, b_key: &str, b: usize) -> Result<(), String> {
     }
 }
 
+/// The sizes every transformer family shares: vocabulary, width, depth,
+/// heads, FFN width and positions.
+struct Sizes {
+    vocab: usize,
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    ffn: usize,
+    positions: usize,
+}
+
+impl Sizes {
+    fn check(&self) -> Result<(), String> {
+        bounded("vocab_size", self.vocab, bounds::VOCAB)?;
+        bounded("hidden_size", self.hidden, bounds::WIDTH)?;
+        bounded("num_hidden_layers", self.layers, bounds::LAYERS)?;
+        bounded("num_attention_heads", self.heads, self.hidden)?;
+        bounded("intermediate_size", self.ffn, bounds::WIDTH * 8)?;
+        bounded("max_position_embeddings", self.positions, bounds::POSITIONS)
+    }
+}
+
+fn finite_non_negative(key: &str, v: f64) -> Result<(), String> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(format!("{key} = {v}: must be finite and not negative"))
+    }
+}
+
 impl BertConfig {
     /// Every number the encoder sizes buffers or divides by, checked.
     pub fn check(&self) -> Result<(), String> {
-        bounded("vocab_size", self.vocab_size, bounds::VOCAB)?;
-        bounded("hidden_size", self.hidden_size, bounds::WIDTH)?;
-        bounded("num_hidden_layers", self.num_hidden_layers, bounds::LAYERS)?;
-        bounded(
-            "num_attention_heads",
-            self.num_attention_heads,
-            self.hidden_size,
-        )?;
+        Sizes {
+            vocab: self.vocab_size,
+            hidden: self.hidden_size,
+            layers: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            ffn: self.intermediate_size,
+            positions: self.max_position_embeddings,
+        }
+        .check()?;
         divides(
             "num_attention_heads",
             self.num_attention_heads,
             "hidden_size",
             self.hidden_size,
         )?;
-        bounded(
-            "intermediate_size",
-            self.intermediate_size,
-            bounds::WIDTH * 8,
-        )?;
-        bounded(
-            "max_position_embeddings",
-            self.max_position_embeddings,
-            bounds::POSITIONS,
-        )?;
         bounded("type_vocab_size", self.type_vocab_size, 1 << 10)?;
-        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
-            return Err(format!(
-                "layer_norm_eps = {}: must be finite and not negative",
-                self.layer_norm_eps
-            ));
-        }
-        Ok(())
+        finite_non_negative("layer_norm_eps", self.layer_norm_eps)
     }
 }
 
 impl LlamaConfig {
     /// Every number the decoder sizes buffers or divides by, checked.
     pub fn check(&self) -> Result<(), String> {
-        bounded("vocab_size", self.vocab_size, bounds::VOCAB)?;
-        bounded("hidden_size", self.hidden_size, bounds::WIDTH)?;
-        bounded("num_hidden_layers", self.num_hidden_layers, bounds::LAYERS)?;
-        bounded(
-            "num_attention_heads",
-            self.num_attention_heads,
-            self.hidden_size,
-        )?;
+        Sizes {
+            vocab: self.vocab_size,
+            hidden: self.hidden_size,
+            layers: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            ffn: self.intermediate_size,
+            positions: self.max_position_embeddings,
+        }
+        .check()?;
         bounded(
             "num_key_value_heads",
             self.kv_heads(),
@@ -247,16 +263,6 @@ impl LlamaConfig {
             self.kv_heads(),
             "num_attention_heads",
             self.num_attention_heads,
-        )?;
-        bounded(
-            "intermediate_size",
-            self.intermediate_size,
-            bounds::WIDTH * 8,
-        )?;
-        bounded(
-            "max_position_embeddings",
-            self.max_position_embeddings,
-            bounds::POSITIONS,
         )?;
         let head_dim = self.head_dim();
         bounded("head_dim", head_dim, 1 << 12)?;
@@ -273,15 +279,8 @@ impl LlamaConfig {
                 self.hidden_size,
             )?;
         }
-        for (key, v) in [
-            ("rms_norm_eps", self.rms_norm_eps),
-            ("rope_theta", self.rope_theta),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(format!("{key} = {v}: must be finite and not negative"));
-            }
-        }
-        Ok(())
+        finite_non_negative("rms_norm_eps", self.rms_norm_eps)?;
+        finite_non_negative("rope_theta", self.rope_theta)
     }
 }
 

@@ -64,6 +64,18 @@ pub fn minilm() -> PathBuf {
     model_dir("minilm")
 }
 
+/// MiniLM quantized to `scheme` as `dir/minilm.<scheme>.gguf`.
+pub fn minilm_gguf(dir: &Path, scheme: &str) -> PathBuf {
+    let out = dir.join(format!("minilm.{scheme}.gguf"));
+    edgeforge()
+        .args(["-q", "quantize", "--scheme", scheme, "-o"])
+        .arg(&out)
+        .arg(minilm())
+        .assert()
+        .success();
+    out
+}
+
 /// SmolLM2's Q4_1 GGUF file.
 pub fn smollm2_gguf() -> PathBuf {
     model_dir("smollm2").join("SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -350,13 +350,7 @@ fn special_files_are_refused_not_waited_on() {
 #[test]
 fn verify_refuses_special_files_and_manifest_only_edits() {
     let dir = tempfile::tempdir().unwrap();
-    let gguf = dir.path().join("minilm.Q8_0.gguf");
-    edgeforge()
-        .args(["-q", "quantize", "--scheme", "Q8_0", "-o"])
-        .arg(&gguf)
-        .arg(minilm())
-        .assert()
-        .success();
+    let gguf = minilm_gguf(dir.path(), "Q8_0");
     let dist = dir.path().join("dist");
     edgeforge()
         .args(["-q", "package"])

@@ -24,14 +24,7 @@ impl Dist {
 
     /// MiniLM quantized to `scheme` as GGUF.
     fn quantized(&self, scheme: &str) -> PathBuf {
-        let out = self.path(&format!("minilm.{scheme}.gguf"));
-        edgeforge()
-            .args(["-q", "quantize", "--scheme", scheme, "-o"])
-            .arg(&out)
-            .arg(minilm())
-            .assert()
-            .success();
-        out
+        minilm_gguf(self.dir.path(), scheme)
     }
 
     fn package(&self, model: &Path, target: &str, out: &str, threads: &str) -> Value {

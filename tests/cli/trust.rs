@@ -2,28 +2,15 @@
 //! verify would fail, verify pins ids and target profiles, select refuses
 //! what it cannot honour, and every failure speaks JSON under --json.
 
-use std::path::Path;
-
 use serde_json::Value;
 
 use crate::common::*;
-
-fn quantized(dir: &Path, scheme: &str) -> std::path::PathBuf {
-    let out = dir.join(format!("minilm.{scheme}.gguf"));
-    edgeforge()
-        .args(["-q", "quantize", "--scheme", scheme, "-o"])
-        .arg(&out)
-        .arg(minilm())
-        .assert()
-        .success();
-    out
-}
 
 #[test]
 fn package_refuses_what_verify_would_fail_unless_told() {
     let dir = tempfile::tempdir().unwrap();
     // MiniLM Q4_0: cosine drop ~0.03 against the Pi's budget of 0.01.
-    let model = quantized(dir.path(), "Q4_0");
+    let model = minilm_gguf(dir.path(), "Q4_0");
     let dist = dir.path().join("dist");
     let package = |extra: &[&str]| {
         edgeforge()
@@ -80,7 +67,7 @@ fn package_refuses_what_verify_would_fail_unless_told() {
 #[test]
 fn verify_pins_the_id_and_the_target_profile() {
     let dir = tempfile::tempdir().unwrap();
-    let model = quantized(dir.path(), "Q8_0");
+    let model = minilm_gguf(dir.path(), "Q8_0");
     let targets = dir.path().join("targets");
     std::fs::create_dir(&targets).unwrap();
     let profile = std::fs::read_to_string(repo_root().join("targets/rpi5-8gb.toml"))
@@ -212,7 +199,7 @@ fn failures_speak_json_and_nonsense_flags_are_refused() {
 #[test]
 fn build_does_not_silently_replace_an_artifact_package_made() {
     let dir = tempfile::tempdir().unwrap();
-    let model = quantized(dir.path(), "Q8_0");
+    let model = minilm_gguf(dir.path(), "Q8_0");
     let dist = dir.path().join("dist");
     edgeforge()
         .args(["-q", "package"])
