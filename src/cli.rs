@@ -460,7 +460,7 @@ pub struct SelectArgs {
 /// `edgeforge package MODEL`
 #[derive(Debug, Args)]
 pub struct PackageArgs {
-    /// The model to ship (a `.gguf`, `.safetensors` or model folder, e.g. what `quantize` wrote)
+    /// The model to ship (a `.gguf`, `.safetensors`, `.onnx`, `.tflite` or model folder, e.g. what `quantize` wrote)
     pub model: PathBuf,
     /// The device target it is for
     #[arg(long, value_name = "T")]
@@ -493,6 +493,11 @@ pub struct PackageArgs {
     /// Also write the artifact as one deterministic tar beside its folder
     #[arg(long)]
     pub tar: bool,
+    /// The target runtime an ONNX/TFLite model is for (default: the one the
+    /// target's accelerator loads that format with); the artifact folder is
+    /// `<target>.<runtime>`
+    #[arg(long, value_name = "NAME")]
+    pub runtime: Option<String>,
 }
 
 /// `edgeforge verify ARTIFACT`

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::accelerated;
 use super::inputs::Inputs;
 use super::manifest::Manifest;
 use super::verify::{self, read_manifest};
@@ -38,6 +39,23 @@ pub struct BuildSpec {
     pub targets: Vec<String>,
     /// Eval texts for the accuracy gate, one per line (default: built-in).
     pub eval: Option<String>,
+    /// Calibration text for int8 accelerator variants (ONNX, TFLite), one
+    /// sample per line; without it they get fp16 or fp32 only.
+    pub calibration: Option<String>,
+    /// How many of its non-empty lines to use.
+    #[serde(default = "default_calibration_texts")]
+    pub calibration_texts: usize,
+    /// TFLite's fixed sequence length (the graph's input shape).
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+}
+
+fn default_calibration_texts() -> usize {
+    256
+}
+
+fn default_seq_len() -> usize {
+    128
 }
 
 fn default_format() -> String {
@@ -54,6 +72,9 @@ struct BuildFile {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Variant {
     pub target: String,
+    /// The accelerator runtime an ONNX/TFLite variant is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     pub class: String,
     pub artifact: String,
     pub id: String,
@@ -126,6 +147,21 @@ pub fn parse_spec(path: &Path, bytes: Vec<u8>) -> Result<(BuildSpec, Vec<u8>), A
             "[build] needs exactly one of `model` and `distill`",
         ));
     }
+    if !(1..=100_000).contains(&spec.calibration_texts) {
+        return Err(ArtifactError::at(
+            path,
+            format!(
+                "build.calibration_texts {}: use 1 to 100000",
+                spec.calibration_texts
+            ),
+        ));
+    }
+    if !(2..=8192).contains(&spec.seq_len) {
+        return Err(ArtifactError::at(
+            path,
+            format!("build.seq_len {}: use 2 to 8192", spec.seq_len),
+        ));
+    }
     if !["gguf", "safetensors", "auto"].contains(&spec.format.as_str()) {
         return Err(ArtifactError::at(
             path,
@@ -157,7 +193,7 @@ pub struct BuildOptions<'a> {
 }
 
 /// A path named in `recipe`, with `${VAR}`s expanded, relative to the recipe's folder.
-fn resolve(recipe: &Path, path: &str) -> Result<PathBuf, ArtifactError> {
+pub(super) fn resolve(recipe: &Path, path: &str) -> Result<PathBuf, ArtifactError> {
     let expanded =
         crate::distill::recipe::expand_vars(path).map_err(|m| ArtifactError::at(recipe, m))?;
     Ok(recipe.parent().unwrap_or(Path::new(".")).join(expanded))
@@ -229,6 +265,8 @@ pub fn plan_targets(
                 source: source_hashes.clone(),
                 target: t.sha256.clone(),
                 tool: env!("CARGO_PKG_VERSION").into(),
+                runtime: None,
+                calibration: None,
             };
             Ok((t, inputs))
         })
@@ -274,33 +312,43 @@ pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
     let version_dir = o.dist.join(&spec.name).join(&spec.version);
     remove_leftovers(&version_dir);
 
+    let calibration = accelerated::calibration_text(o.recipe, spec);
+    let units = units(&planned, &calibration);
     let mut outcomes: Vec<Option<Outcome>> = Vec::new();
-    for (t, inputs) in &planned.targets {
-        let dir = version_dir.join(t.name());
+    for unit in &units {
+        let t = &planned.targets[unit.target].0;
+        let dir = version_dir.join(&unit.folder);
         let outcome = |status, detail| {
             Some(Outcome {
-                target: t.name().into(),
+                target: unit.folder.clone(),
                 status,
                 detail,
             })
         };
         let local = read_manifest(&dir).ok().filter(|(m, _)| {
-            Inputs::of_manifest(m).as_ref() == Some(inputs)
+            Inputs::of_manifest(m).as_ref() == Some(&unit.inputs)
                 && verify::integrity(&dir, m).iter().all(|c| c.passed)
         });
         // An artifact `package` made (no build inputs recorded) is not ours to replace.
         let foreign = read_manifest(&dir)
             .ok()
             .filter(|(m, _)| !o.force && Inputs::of_manifest(m).is_none());
-        let done = if let Some((_, id)) = local {
+        let done = if let Kind::Unsupported(reason) = &unit.kind {
+            outcome("unsupported", reason.clone())
+        } else if let Some((_, id)) = local {
             outcome("skipped", format!("inputs unchanged: artifact {id}"))
         } else if let Some((_, id)) = foreign {
             outcome(
                 "failed",
                 format!("{} holds artifact {id}, which `package` made, not a build: pass --force to replace it", dir.display()),
             )
-        } else if let Some(cache) = o.cache {
-            match cache(t, &inputs.hash(), &dir) {
+        } else if let (Kind::Graph(u), Err(e)) = (&unit.kind, &calibration) {
+            u.schemes
+                .contains(&"int8_pc")
+                .then(|| outcome("failed", e.to_string()))
+                .flatten()
+        } else if let (Kind::Main, Some(cache)) = (&unit.kind, o.cache) {
+            match cache(t, &unit.inputs.hash(), &dir) {
                 Ok(Some(detail)) => outcome("cached", detail),
                 Ok(None) => None,
                 Err(e) => outcome("failed", format!("cache: {e}")),
@@ -326,25 +374,46 @@ pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
             }
             _ => unreachable!("checked in load_spec"),
         };
+        let exports = accelerated::Exports::default();
         let next = AtomicUsize::new(0);
         let built = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
             for _ in 0..o.jobs.max(1).min(pending.len()) {
                 scope.spawn(|| {
                     while let Some(&i) = pending.get(next.fetch_add(1, Ordering::SeqCst)) {
-                        let t = &planned.targets[i].0;
-                        let bar = (o.progress)(t.name());
-                        let outcome = build_target(
-                            o,
-                            spec,
-                            &source,
-                            &eval,
-                            t,
-                            planned.distill_recipe.as_deref(),
-                            &bar,
-                        )
-                        .unwrap_or_else(|e| Outcome {
-                            target: t.name().into(),
+                        let unit = &units[i];
+                        let t = &planned.targets[unit.target].0;
+                        let bar = (o.progress)(&unit.folder);
+                        let result = match &unit.kind {
+                            Kind::Graph(g) => accelerated::build_graph(
+                                &accelerated::GraphJob {
+                                    options: o,
+                                    spec,
+                                    source: &source,
+                                    eval: &eval,
+                                    target: t,
+                                    unit: g,
+                                    calibration: calibration
+                                        .as_ref()
+                                        .ok()
+                                        .and_then(|c| c.as_deref()),
+                                    distill_recipe: planned.distill_recipe.as_deref(),
+                                    exports: &exports,
+                                },
+                                &bar,
+                            ),
+                            _ => build_target(
+                                o,
+                                spec,
+                                &source,
+                                &eval,
+                                t,
+                                planned.distill_recipe.as_deref(),
+                                &bar,
+                            ),
+                        };
+                        let outcome = result.unwrap_or_else(|e| Outcome {
+                            target: unit.folder.clone(),
                             status: "failed",
                             detail: e.to_string(),
                         });
@@ -368,6 +437,62 @@ pub fn build(o: &BuildOptions) -> Result<(Vec<Outcome>, Index), ArtifactError> {
         .collect();
     let index = write_index(o.dist, spec, o.targets_dir)?;
     Ok((outcomes, index))
+}
+
+/// What one row of a build makes.
+enum Kind {
+    /// The target's main artifact (GGUF or safetensors).
+    Main,
+    /// An accelerator variant (ONNX or TFLite).
+    Graph(accelerated::GraphUnit),
+    /// An accelerator runtime edgeforge cannot write for, and why.
+    Unsupported(String),
+}
+
+struct Unit {
+    /// Index into `Planned::targets`.
+    target: usize,
+    kind: Kind,
+    inputs: Inputs,
+    /// Its folder under `dist/<name>/<version>/`.
+    folder: String,
+}
+
+/// Every target's main artifact, then its accelerator variants.
+fn units(planned: &Planned, calibration: &Result<Option<String>, ArtifactError>) -> Vec<Unit> {
+    let calibration_sha = calibration
+        .as_ref()
+        .ok()
+        .and_then(|c| c.as_ref())
+        .map(|text| hex::encode(Sha256::digest(text.as_bytes())));
+    let mut units = Vec::new();
+    for (i, (t, inputs)) in planned.targets.iter().enumerate() {
+        units.push(Unit {
+            target: i,
+            kind: Kind::Main,
+            inputs: inputs.clone(),
+            folder: t.name().into(),
+        });
+        for plan in accelerated::plans(t) {
+            let (runtime, kind) = match plan {
+                accelerated::Plan::Build(u) => (u.runtime.clone(), Kind::Graph(u)),
+                accelerated::Plan::Unsupported { runtime, reason } => {
+                    (runtime, Kind::Unsupported(reason))
+                }
+            };
+            units.push(Unit {
+                target: i,
+                kind,
+                inputs: Inputs {
+                    runtime: Some(runtime.clone()),
+                    calibration: calibration_sha.clone(),
+                    ..inputs.clone()
+                },
+                folder: format!("{}.{runtime}", t.name()),
+            });
+        }
+    }
+    units
 }
 
 /// Builds one target's artifact from `source`; `distill_recipe` is copied
@@ -466,16 +591,12 @@ pub(super) fn build_target(
         force: true,
         // Built anyway, so the table shows by how much; the index marks it unverified.
         gate: false,
+        runtime: None,
     })?;
     let _ = fs_err::remove_dir_all(&work);
     bar.set_message("verifying");
     let v = verify::verify(&packaged.dir, None, eval, o.targets_dir)?;
-    let failed: Vec<String> = v
-        .checks
-        .iter()
-        .filter(|c| !c.passed)
-        .map(|c| format!("{} {}: {}", c.kind, c.name, c.detail))
-        .collect();
+    let failed = v.failures();
     Ok(Outcome {
         target: target.name().into(),
         status: if failed.is_empty() { "built" } else { "failed" },
@@ -561,6 +682,7 @@ pub fn variant_of(
     let projection = m.metrics.projection.as_ref();
     Variant {
         target: m.target.name.clone(),
+        runtime: m.target.runtime.clone(),
         class: m.target.class.clone(),
         artifact,
         id,
@@ -577,7 +699,9 @@ pub fn variant_of(
                     .iter()
                     .filter(|a| {
                         t.spec.runtimes.iter().any(|r| {
-                            a.runtimes.contains(&r.name) && r.format == m.quantization.format
+                            a.runtimes.contains(&r.name)
+                                && r.format == m.quantization.format
+                                && m.target.runtime.as_ref().is_none_or(|n| n == &r.name)
                         })
                     })
                     .map(|a| a.kind.clone())
@@ -692,7 +816,7 @@ fn remove_leftovers(version_dir: &Path) {
 
 /// A scratch folder removed however the step ends (a failed target must not
 /// leave its half-made files under `.build/`).
-struct RemoveOnDrop<'a>(&'a Path);
+pub(super) struct RemoveOnDrop<'a>(pub(super) &'a Path);
 
 impl Drop for RemoveOnDrop<'_> {
     fn drop(&mut self) {

@@ -5,11 +5,43 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::manifest::Manifest;
+use super::graph::GraphPayload;
+use super::manifest::{Compatibility, Manifest, Quantization};
 use super::verify::Check;
-use super::{compatibility_of, footprint_on, quantization_of};
+use super::{compatibility_of, footprint_for, footprint_on, quantization_of};
+use crate::memory::Footprint;
 use crate::model::Model;
 use crate::target::Target;
+
+/// What the payload itself says, whatever its kind.
+pub struct Derived {
+    pub quantization: Quantization,
+    pub compatibility: Compatibility,
+    pub footprint: Footprint,
+    /// A graph's lowest-precision weights (what its runtime must run).
+    pub graph_scheme: Option<&'static str>,
+}
+
+impl Derived {
+    pub fn of_model(model: &Model, target: &Target) -> Self {
+        let quantization = quantization_of(model);
+        Self {
+            footprint: footprint_on(model, target, quantization.weight_bytes),
+            compatibility: compatibility_of(model),
+            quantization,
+            graph_scheme: None,
+        }
+    }
+
+    pub fn of_graph(g: &GraphPayload, target: &Target) -> Self {
+        Self {
+            footprint: footprint_for(&g.architecture, target, g.quantization.weight_bytes),
+            compatibility: g.compatibility.clone(),
+            quantization: g.quantization.clone(),
+            graph_scheme: Some(g.main_scheme()),
+        }
+    }
+}
 
 fn check(name: &str, passed: bool, detail: impl Into<String>) -> Check {
     Check {
@@ -46,7 +78,7 @@ pub fn structure(dir: &Path, m: &Manifest) -> Vec<Check> {
     };
     let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let in_version_folder = names(abs.parent()).is_some_and(|v| crate::guard::semver(&v).is_ok());
-    if in_version_folder && names(Some(&abs)).as_deref() == Some(m.target.name.as_str()) {
+    if in_version_folder && names(Some(&abs)).as_deref() == Some(m.folder().as_str()) {
         let version = names(abs.parent());
         let name = names(abs.parent().and_then(Path::parent));
         if version.as_deref() != Some(m.version.as_str())
@@ -70,9 +102,9 @@ pub fn structure(dir: &Path, m: &Manifest) -> Vec<Check> {
 
 /// Figures derived from the payload and the target, compared with the
 /// recorded ones.
-pub fn derived(m: &Manifest, model: &Model, target: &Target) -> Vec<Check> {
+pub fn derived(m: &Manifest, d: &Derived, target: &Target) -> Vec<Check> {
     let mut checks = Vec::new();
-    let q = quantization_of(model);
+    let q = &d.quantization;
     let differs = |what: &str, recorded: String, actual: String| {
         check(
             what,
@@ -132,10 +164,10 @@ pub fn derived(m: &Manifest, model: &Model, target: &Target) -> Vec<Check> {
         checks.push(differs(
             "quantization.format",
             m.quantization.format.clone(),
-            q.format,
+            q.format.clone(),
         ));
     }
-    if compatibility_of(model) != m.compatibility {
+    if d.compatibility != m.compatibility {
         checks.push(check(
             "compatibility",
             false,
@@ -145,7 +177,7 @@ pub fn derived(m: &Manifest, model: &Model, target: &Target) -> Vec<Check> {
     // The fit figures hold for the profile they were computed on; a changed
     // profile is reported by the fit check itself.
     if target.sha256 == m.target.sha256 {
-        let f = footprint_on(model, target, q.weight_bytes);
+        let f = &d.footprint;
         for (what, recorded, actual) in [
             (
                 "metrics.budget_bytes",
@@ -178,6 +210,7 @@ pub fn derived(m: &Manifest, model: &Model, target: &Target) -> Vec<Check> {
             target.spec.class.clone(),
         ));
     }
+    checks.extend(runtime_check(m, d, target));
     if checks.is_empty() {
         checks.push(check(
             "figures",
@@ -186,6 +219,35 @@ pub fn derived(m: &Manifest, model: &Model, target: &Target) -> Vec<Check> {
         ));
     }
     checks
+}
+
+/// A graph artifact names the runtime it is for: the target must have it,
+/// loading this format and scheme (or the file is for nothing on the device).
+fn runtime_check(m: &Manifest, d: &Derived, target: &Target) -> Option<Check> {
+    let format = &d.quantization.format;
+    let Some(name) = &m.target.runtime else {
+        return d.graph_scheme.map(|_| {
+            check(
+                "target.runtime",
+                false,
+                format!("a {format} artifact must name the runtime it is for"),
+            )
+        });
+    };
+    let problem = match target.spec.runtimes.iter().find(|r| &r.name == name) {
+        None => format!("{} has no runtime `{name}`", target.name()),
+        Some(r) if &r.format != format => {
+            format!("runtime {name} loads {}, the payload is {format}", r.format)
+        }
+        Some(r) => match d.graph_scheme {
+            Some(s) if !r.weight_schemes.iter().any(|w| w == s) => format!(
+                "runtime {name} runs {}, not the payload's {s}",
+                r.weight_schemes.join(", ")
+            ),
+            _ => return None,
+        },
+    };
+    Some(check("target.runtime", false, problem))
 }
 
 /// With a reference: the recorded source is that reference, file for file.

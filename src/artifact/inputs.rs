@@ -23,6 +23,12 @@ pub struct Inputs {
     pub target: String,
     /// The edgeforge version.
     pub tool: String,
+    /// The accelerator runtime of an ONNX/TFLite variant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// sha256 of the calibration lines an accelerator variant recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<String>,
 }
 
 impl Inputs {
@@ -48,6 +54,12 @@ impl Inputs {
             distill,
             target: m.target.sha256.clone(),
             tool: m.tool.version.clone(),
+            runtime: m.target.runtime.clone(),
+            calibration: m
+                .files
+                .iter()
+                .find(|f| m.target.runtime.is_some() && f.path == super::accelerated::CALIBRATION)
+                .map(|f| f.sha256.clone()),
         })
     }
 }

@@ -34,6 +34,16 @@ pub struct Manifest {
 }
 
 /// A global version of a federation: `fed` lineage id and number.
+impl Manifest {
+    /// The artifact's folder name under `dist/<name>/<version>/`.
+    pub fn folder(&self) -> String {
+        match &self.target.runtime {
+            Some(r) => format!("{}.{r}", self.target.name),
+            None => self.target.name.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalRef {
@@ -48,6 +58,10 @@ pub struct TargetRef {
     pub class: String,
     /// sha256 of the target's canonical resolved TOML.
     pub sha256: String,
+    /// The runtime an ONNX/TFLite artifact is made for (its folder is
+    /// `<target>.<runtime>`); absent for GGUF and safetensors artifacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 /// The model the artifact was made from (its reference for accuracy).

@@ -4,10 +4,13 @@
 //! artifact id is the sha256 of the canonical manifest. `verify` re-checks
 //! integrity, fit and accuracy.
 
+pub mod accelerated;
 pub mod accuracy;
 mod archive;
 pub mod build;
 mod consistency;
+mod describe;
+pub mod graph;
 pub mod inputs;
 pub mod manifest;
 pub mod rebuild;
@@ -19,14 +22,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::engine::Engine;
 use crate::format::gguf::GgufFile;
 use crate::memory::Footprint;
 use crate::model::{Model, ModelFormat, TensorRole};
 use crate::target::Target;
 use manifest::{
-    canonical_json, Compatibility, FileEntry, Manifest, Metrics, Quantization, Source, TargetRef,
-    Tool,
+    canonical_json, Compatibility, FileEntry, Manifest, Metrics, Quantization, TargetRef, Tool,
 };
 
 pub use archive::write_tar;
@@ -79,6 +80,9 @@ pub struct PackageInput<'a> {
     /// Refuse (nothing written) a model whose measured accuracy misses the
     /// target's budget, as `verify` would fail it.
     pub gate: bool,
+    /// The target runtime an ONNX/TFLite payload is for (default: the one an
+    /// accelerator of the target loads it with).
+    pub runtime: Option<&'a str>,
 }
 
 /// A packaged artifact.
@@ -93,23 +97,32 @@ pub struct Packaged {
 /// Writes `out/<name>/<version>/<target>/` through a temp folder and a rename.
 pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
     check_identity(input.name, input.version)?;
-    let model = Model::open(input.model)?;
     let reference = input.reference.map(Model::open).transpose()?;
     let target = input.target;
-    let rel = Path::new(input.name)
-        .join(input.version)
-        .join(target.name());
+    let d = match graph::find(input.model) {
+        Some((file, format)) => describe::graph(
+            &graph::GraphPayload::open(&file, format)?,
+            reference.as_ref(),
+            input,
+        )?,
+        None => describe::model(&Model::open(input.model)?, reference.as_ref(), input)?,
+    };
+    let folder = match &d.runtime {
+        Some(r) => format!("{}.{r}", target.name()),
+        None => target.name().to_string(),
+    };
+    let rel = Path::new(input.name).join(input.version).join(&folder);
     let dir =
         crate::guard::confined(input.out, &rel).map_err(|m| ArtifactError::at(input.out, m))?;
     let parent = dir.parent().expect("artifact folder has a parent");
     fs_err::create_dir_all(parent).map_err(|e| ArtifactError::at(parent, e.to_string()))?;
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", target.name()))
+        .prefix(&format!(".{folder}."))
         .tempdir_in(parent)
         .map_err(|e| ArtifactError::at(parent, e.to_string()))?;
 
     let mut files = Vec::new();
-    for file in &model.files {
+    for file in &d.files {
         let name = file_name(file);
         files.push(copy_hashed(file, &tmp.path().join(&name), &name)?);
     }
@@ -129,30 +142,7 @@ pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
         )?);
     }
     files.sort();
-    let source_model = reference.as_ref().unwrap_or(&model);
-    let source = Source {
-        architecture: source_model.architecture.name().to_string(),
-        files: source_model
-            .files
-            .iter()
-            .map(|f| {
-                hash_file(f).map(|(size, sha256)| FileEntry {
-                    path: file_name(f),
-                    size,
-                    sha256,
-                })
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let quantization = quantization_of(&model);
-    let accuracy = match &reference {
-        Some(r) => {
-            let (a, b) = (Engine::load(&model)?, Engine::load(r)?);
-            Some(accuracy::measure(&a, &b, &input.eval)?)
-        }
-        None => None,
-    };
-    if let (true, Some(acc)) = (input.gate, &accuracy) {
+    if let (true, Some(acc)) = (input.gate, &d.accuracy) {
         let failed: Vec<String> = acc
             .gates(&target.spec.accuracy)
             .iter()
@@ -170,16 +160,7 @@ pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
             });
         }
     }
-    let footprint = footprint_on(&model, target, quantization.weight_bytes);
-    // GGUF runtimes (llama.cpp and kin) run on the CPU, not on NPUs.
-    let scheme = main_scheme(&model, &quantization);
-    let accelerated = (model.format != ModelFormat::Gguf).then_some(scheme.as_str());
-    let projection = crate::profile::project::for_artifact(
-        &model,
-        target,
-        accelerated,
-        quantization.weight_bytes,
-    );
+    let footprint = d.footprint;
     let manifest = Manifest {
         schema: manifest::SCHEMA.into(),
         name: input.name.into(),
@@ -188,8 +169,9 @@ pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
             name: target.name().into(),
             class: target.spec.class.to_string(),
             sha256: target.sha256.clone(),
+            runtime: d.runtime.clone(),
         },
-        source,
+        source: d.source,
         recipe,
         tool: Tool {
             name: "edgeforge".into(),
@@ -197,16 +179,16 @@ pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
         },
         metrics: Metrics {
             size_bytes: files.iter().map(|f| f.size).sum(),
-            bits_per_weight: quantization.bits_per_weight,
+            bits_per_weight: d.quantization.bits_per_weight,
             context_tokens: footprint.context_tokens,
             total_bytes: footprint.total_bytes,
             budget_bytes: footprint.budget_bytes,
             fits: footprint.fits(),
-            accuracy,
-            projection: Some(projection),
+            accuracy: d.accuracy,
+            projection: Some(d.projection),
         },
-        compatibility: compatibility_of(&model),
-        quantization,
+        compatibility: d.compatibility,
+        quantization: d.quantization,
         global: crate::fed::global::containing(input.reference.unwrap_or(input.model)),
         files,
         created: std::env::var("SOURCE_DATE_EPOCH")
@@ -241,7 +223,7 @@ pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
     }
     if dir.exists() {
         // Move the old one aside first so the swap never leaves no artifact and a half one.
-        let old = parent.join(format!(".{}.old", target.name()));
+        let old = parent.join(format!(".{folder}.old"));
         let _ = fs_err::remove_dir_all(&old);
         fs_err::rename(&dir, &old).map_err(|e| ArtifactError::at(&dir, e.to_string()))?;
         fs_err::rename(tmp.keep(), &dir).map_err(|e| ArtifactError::at(&dir, e.to_string()))?;
@@ -259,12 +241,21 @@ pub fn package(input: &PackageInput) -> Result<Packaged, ArtifactError> {
 
 /// Weights + KV cache + activations + overhead of `model` on `target` at its context.
 pub fn footprint_on(model: &Model, target: &Target, weight_bytes: u64) -> Footprint {
+    footprint_for(&model.architecture, target, weight_bytes)
+}
+
+/// Weights + KV cache + activations + overhead of `architecture` on `target`.
+pub fn footprint_for(
+    architecture: &crate::model::config::Architecture,
+    target: &Target,
+    weight_bytes: u64,
+) -> Footprint {
     let mut context = target.spec.workload.context_tokens;
-    if let Some(max) = crate::memory::max_context(&model.architecture) {
+    if let Some(max) = crate::memory::max_context(architecture) {
         context = context.min(max);
     }
     Footprint::new(
-        &model.architecture,
+        architecture,
         weight_bytes,
         context,
         target.runtime_overhead_bytes(),

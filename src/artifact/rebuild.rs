@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use super::accelerated;
 use super::build::{self, BuildOptions, BuildSpec};
 use super::manifest::{FileEntry, Manifest};
 use super::verify::{read_manifest, Check};
@@ -55,20 +56,59 @@ pub fn rebuild(
         progress: &|_| indicatif::ProgressBar::hidden(),
         force: true,
     };
-    let built = build::build_target(
-        &options,
-        &spec,
-        source,
-        &eval,
-        &target,
-        spec.distill.is_some().then_some(distill_recipe.as_path()),
-        &indicatif::ProgressBar::hidden(),
-    )?;
+    let distill_recipe = spec.distill.is_some().then_some(distill_recipe.as_path());
+    let built = match &manifest.target.runtime {
+        // An accelerator variant: the same search over schemes, calibrated on
+        // the lines the artifact recorded.
+        Some(runtime) => {
+            let unit = accelerated::plans(&target)
+                .into_iter()
+                .find_map(|p| match p {
+                    accelerated::Plan::Build(u) if &u.runtime == runtime => Some(u),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    ArtifactError::at(
+                        &recipe,
+                        format!("{} no longer has an accelerator runtime `{runtime}` edgeforge writes for", target.name()),
+                    )
+                })?;
+            let path = dir.join(accelerated::CALIBRATION);
+            let calibration = path
+                .is_file()
+                .then(|| crate::guard::read_text(&path, crate::guard::Cap::TEXT))
+                .transpose()
+                .map_err(|e| ArtifactError::at(&path, e.message))?;
+            accelerated::build_graph(
+                &accelerated::GraphJob {
+                    options: &options,
+                    spec: &spec,
+                    source,
+                    eval: &eval,
+                    target: &target,
+                    unit: &unit,
+                    calibration: calibration.as_deref(),
+                    distill_recipe,
+                    exports: &accelerated::Exports::default(),
+                },
+                &indicatif::ProgressBar::hidden(),
+            )?
+        }
+        None => build::build_target(
+            &options,
+            &spec,
+            source,
+            &eval,
+            &target,
+            distill_recipe,
+            &indicatif::ProgressBar::hidden(),
+        )?,
+    };
     let rebuilt = scratch
         .path()
         .join(&spec.name)
         .join(&spec.version)
-        .join(target.name());
+        .join(manifest.folder());
     let Ok((again, again_id)) = read_manifest(&rebuilt) else {
         return Ok(failed(format!(
             "the rebuild produced no artifact: {}",

@@ -8,8 +8,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::accuracy::{self, Gate};
+use super::consistency::Derived;
+use super::graph::{GraphFormat, GraphPayload};
 use super::manifest::Manifest;
-use super::{footprint_on, hash_file, ArtifactError, MANIFEST};
+use super::{hash_file, ArtifactError, MANIFEST};
 use crate::engine::Engine;
 use crate::model::Model;
 
@@ -32,6 +34,17 @@ pub struct Verification {
     pub target: String,
     pub passed: bool,
     pub checks: Vec<Check>,
+}
+
+impl Verification {
+    /// Each failed check as `kind name: detail`.
+    pub fn failures(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{} {}: {}", c.kind, c.name, c.detail))
+            .collect()
+    }
 }
 
 /// Reads an artifact's manifest; a missing or unreadable one is an input error.
@@ -69,9 +82,13 @@ pub fn verify(
     let target = crate::target::load(&manifest.target.name, targets_dir)
         .map_err(|e| ArtifactError::at(&dir.join(MANIFEST), e.to_string()))?;
     if intact {
-        let model = Model::open(&payload_path(dir, &manifest))?;
-        checks.extend(super::consistency::derived(&manifest, &model, &target));
-        let f = footprint_on(&model, &target, manifest.quantization.weight_bytes);
+        let payload = Payload::open(dir, &manifest)?;
+        let derived = match &payload {
+            Payload::Model(m) => Derived::of_model(m, &target),
+            Payload::Graph(g) => Derived::of_graph(g, &target),
+        };
+        checks.extend(super::consistency::derived(&manifest, &derived, &target));
+        let f = &derived.footprint;
         let drift = if target.sha256 == manifest.target.sha256 {
             String::new()
         } else {
@@ -119,11 +136,14 @@ pub fn verify(
                     // Recorded figures were measured against the recorded source.
                     checks.push(super::consistency::source_matches(&manifest, &reference));
                 }
-                let (a, b) = (Engine::load(&model)?, Engine::load(&reference)?);
-                (
-                    Some(accuracy::measure(&a, &b, eval)?),
-                    "measured against the reference",
-                )
+                let measured = match &payload {
+                    Payload::Model(model) => {
+                        let (a, b) = (Engine::load(model)?, Engine::load(&reference)?);
+                        accuracy::measure(&a, &b, eval)?
+                    }
+                    Payload::Graph(g) => g.accuracy(&reference, eval)?,
+                };
+                (Some(measured), "measured against the reference")
             }
             None => (
                 manifest.metrics.accuracy.clone(),
@@ -177,6 +197,24 @@ fn gate_check(g: Gate, source: &str) -> Check {
 
 fn mib(b: u64) -> f64 {
     b as f64 / (1u64 << 20) as f64
+}
+
+/// What an artifact carries: a model the engine runs, or an accelerator graph.
+enum Payload {
+    Model(Model),
+    Graph(GraphPayload),
+}
+
+impl Payload {
+    fn open(dir: &Path, m: &Manifest) -> Result<Self, ArtifactError> {
+        let graph = GraphFormat::parse(&m.quantization.format)
+            .map(|f| (dir.join(f.file_name()), f))
+            .filter(|(p, _)| m.files.iter().any(|e| dir.join(&e.path) == *p));
+        Ok(match graph {
+            Some((file, format)) => Self::Graph(GraphPayload::open(&file, format)?),
+            None => Self::Model(Model::open(&payload_path(dir, m))?),
+        })
+    }
 }
 
 /// The model inside: the single weights file, else the folder.

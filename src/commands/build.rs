@@ -77,7 +77,7 @@ pub fn build(
         };
     let bars = printer.progress.then(MultiProgress::new);
     let on_done = |o: &Outcome| {
-        let line = sanitize(&format!("{:<24} {:<8} {}", o.target, o.status, o.detail));
+        let line = sanitize(&format!("{:<32} {:<11} {}", o.target, o.status, o.detail));
         match &bars {
             _ if printer.json || printer.quiet => {}
             Some(bars) => {
@@ -91,7 +91,7 @@ pub fn build(
             let bar = bars.add(ProgressBar::new(0));
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix:<24} {msg:<10} [{bar:30}] {bytes}/{total_bytes} {elapsed}",
+                    "{prefix:<32} {msg:<10} [{bar:30}] {bytes}/{total_bytes} {elapsed}",
                 )
                 .expect("static progress template is valid")
                 .progress_chars("=> "),
@@ -149,15 +149,18 @@ fn projected_speed(v: &build::Variant) -> String {
 /// The variants of `index`, one row each.
 fn variants_table(index: &Index) -> String {
     let mut out = format!(
-        "{:<24} {:<11} {:>6} {:>10} {:>10} {:>9} {:>12}  {}\n",
+        "{:<32} {:<11} {:>6} {:>10} {:>10} {:>9} {:>12}  {}\n",
         "target", "format", "bits/w", "size", "peak RAM", "acc. drop", "projected", "id"
     );
     for v in &index.variants {
         let speed = projected_speed(v);
         let accuracy = v.accuracy_delta.map_or("-".into(), |d| format!("{d:.4}"));
         out.push_str(&sanitize(&format!(
-            "{:<24} {:<11} {:>6.2} {:>10} {:>10} {:>9} {:>12}  {}{}",
-            v.target,
+            "{:<32} {:<11} {:>6.2} {:>10} {:>10} {:>9} {:>12}  {}{}",
+            match &v.runtime {
+                Some(r) => format!("{}.{r}", v.target),
+                None => v.target.clone(),
+            },
             v.format,
             v.bits_per_weight,
             human_bytes(v.size_bytes),
@@ -168,7 +171,7 @@ fn variants_table(index: &Index) -> String {
             if v.verified {
                 ""
             } else {
-                "  (integrity FAILED)"
+                "  (not verified: a file or the accuracy budget failed)"
             },
         )));
         out.push('\n');

@@ -55,6 +55,7 @@ pub fn package(
         out: &args.out,
         force: args.force,
         gate: !args.no_gate,
+        runtime: args.runtime.as_deref(),
     });
     let packaged = match packaged {
         Err(e @ artifact::ArtifactError::Gate { .. }) => {

@@ -31,6 +31,8 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub mod key {
     pub const NAME: &str = "dev.edgeforge.name";
     pub const TARGET: &str = "dev.edgeforge.target";
+    /// The accelerator runtime of an ONNX/TFLite variant (absent otherwise).
+    pub const RUNTIME: &str = "dev.edgeforge.runtime";
     pub const CLASS: &str = "dev.edgeforge.class";
     pub const BUDGET_BYTES: &str = "dev.edgeforge.budget-bytes";
     pub const PEAK_RAM_BYTES: &str = "dev.edgeforge.peak-ram-bytes";

@@ -194,6 +194,9 @@ pub fn annotations(
     };
     put(key::NAME, name.into());
     put(key::TARGET, v.target.clone());
+    if let Some(r) = &v.runtime {
+        put(key::RUNTIME, r.clone());
+    }
     put(key::CLASS, v.class.clone());
     put(key::BUDGET_BYTES, budget_bytes.to_string());
     put(key::PEAK_RAM_BYTES, v.peak_ram_bytes.to_string());
@@ -252,6 +255,7 @@ pub fn variant_from(d: &Descriptor) -> Result<Variant, String> {
     }
     Ok(Variant {
         target: get(key::TARGET)?.clone(),
+        runtime: d.annotations.get(key::RUNTIME).cloned(),
         class: get(key::CLASS)?.clone(),
         artifact: d.digest.clone(),
         id,
@@ -287,6 +291,7 @@ mod tests {
     fn variant() -> Variant {
         Variant {
             target: "rpi5-8gb".into(),
+            runtime: None,
             class: "sbc".into(),
             artifact: String::new(),
             id: "ab".repeat(32),

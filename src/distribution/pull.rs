@@ -121,7 +121,12 @@ pub fn pull(
     let whole = remote.reference().whole();
     let (index, _) = resolve(remote, tag)?;
     let chosen = match choice {
-        Choice::Target(t) => index.variants.iter().find(|v| v.target == *t),
+        // `coral-dev-board` is its main artifact, `coral-dev-board.tflite-edgetpu`
+        // its accelerator variant (the folder names `build` gives them).
+        Choice::Target(t) => index.variants.iter().find(|v| match &v.runtime {
+            Some(r) => format!("{}.{r}", v.target) == *t,
+            None => v.target == *t,
+        }),
         Choice::Fits(want) => build::select(&index, want),
     }
     .ok_or_else(|| DistributionError::NoMatch {

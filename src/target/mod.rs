@@ -84,4 +84,40 @@ impl Target {
             .map(|r| r.format.as_str())
             .collect()
     }
+
+    /// The runtime that loads `format`: one an accelerator runs on first,
+    /// else any (an ONNX file on a laptop's NPU before onnxruntime on its CPU).
+    pub fn runtime_for(&self, format: &str) -> Option<&schema::Runtime> {
+        let accelerated = |r: &&schema::Runtime| {
+            self.spec
+                .accelerators
+                .iter()
+                .any(|a| a.runtimes.contains(&r.name))
+        };
+        let loads = self.spec.runtimes.iter().filter(|r| r.format == format);
+        loads
+            .clone()
+            .find(accelerated)
+            .or_else(|| loads.clone().next())
+    }
+
+    /// Each accelerator with each runtime it names (`None`: the profile has
+    /// no `[[runtimes]]` entry of that name).
+    pub fn accelerator_runtimes(
+        &self,
+    ) -> Vec<(&schema::Accelerator, &str, Option<&schema::Runtime>)> {
+        self.spec
+            .accelerators
+            .iter()
+            .flat_map(|a| {
+                a.runtimes.iter().map(move |name| {
+                    (
+                        a,
+                        name.as_str(),
+                        self.spec.runtimes.iter().find(|r| &r.name == name),
+                    )
+                })
+            })
+            .collect()
+    }
 }

@@ -103,6 +103,7 @@ pub const FORMATS: &[&str] = &[
     "coreml",
     "tensorrt",
     "executorch",
+    "rknn",
 ];
 pub const SIMD: &[&str] = &[
     "neon",

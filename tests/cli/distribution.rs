@@ -891,8 +891,15 @@ fn matrix_jobs_merge_into_the_index_of_one_build_and_the_registry_is_a_cache() {
             .args(["--plain-http", "--cache", &repo, "--dist"])
             .arg(&fresh),
     );
+    // The Coral's Edge TPU variant needs int8 calibration this recipe does
+    // not give: listed as unsupported, never built.
     for o in v["outcomes"].as_array().unwrap() {
-        assert_eq!(o["status"], "cached", "{o}");
+        let expected = if o["target"] == "coral-dev-board.tflite-edgetpu" {
+            "unsupported"
+        } else {
+            "cached"
+        };
+        assert_eq!(o["status"], expected, "{o}");
     }
     assert_eq!(
         std::fs::read(fresh.join("index.json")).unwrap(),

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `edgeforge` binary: one module per subcommand or
 //! format, sharing the helpers in `common`.
 
+mod accelerated;
 mod common;
 mod distill;
 mod distribution;

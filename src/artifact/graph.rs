@@ -1,0 +1,327 @@
+//! Accelerator payloads: an ONNX or TFLite graph (`model.onnx`,
+//! `model.tflite`) with the model's config and tokenizer beside it, described
+//! the way `package` and `verify` describe GGUF and safetensors models: the
+//! weights' types and bytes, what a runtime needs to load it, and the
+//! accuracy of what the file computes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::accuracy::Accuracy;
+use super::manifest::{Compatibility, Quantization};
+use super::ArtifactError;
+use crate::format::onnx::proto::data_type;
+use crate::format::onnx::reader::OnnxFile;
+use crate::format::tflite::graph::ElemType;
+use crate::model::config::{from_hf_config, Architecture};
+use crate::model::Model;
+
+/// Files a graph payload carries beside the graph: what a loader of the
+/// format expects next to it (the architecture, the tokenizer).
+pub const SIDE_FILES: [&str; 6] = [
+    "calibration.txt",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GraphFormat {
+    Onnx,
+    Tflite,
+}
+
+impl GraphFormat {
+    /// The format's name in target profiles (`[[runtimes]] format`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Onnx => "onnx",
+            Self::Tflite => "tflite",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "onnx" => Some(Self::Onnx),
+            "tflite" => Some(Self::Tflite),
+            _ => None,
+        }
+    }
+
+    /// The graph's file name inside an artifact.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Onnx => "model.onnx",
+            Self::Tflite => "model.tflite",
+        }
+    }
+
+    fn of_path(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()? {
+            "onnx" => Some(Self::Onnx),
+            "tflite" => Some(Self::Tflite),
+            _ => None,
+        }
+    }
+}
+
+/// An opened graph payload.
+pub struct GraphPayload {
+    pub file: PathBuf,
+    pub format: GraphFormat,
+    /// The graph and its side files, sorted.
+    pub files: Vec<PathBuf>,
+    /// From the `config.json` beside the graph.
+    pub architecture: Architecture,
+    pub quantization: Quantization,
+    pub compatibility: Compatibility,
+}
+
+/// The graph file `path` names: `.onnx`/`.tflite` itself, or the
+/// `model.onnx`/`model.tflite` inside a folder.
+pub fn find(path: &Path) -> Option<(PathBuf, GraphFormat)> {
+    if path.is_dir() {
+        return [GraphFormat::Onnx, GraphFormat::Tflite]
+            .into_iter()
+            .map(|f| (path.join(f.file_name()), f))
+            .find(|(p, _)| p.is_file());
+    }
+    GraphFormat::of_path(path).map(|f| (path.to_path_buf(), f))
+}
+
+impl GraphPayload {
+    pub fn open(file: &Path, format: GraphFormat) -> Result<Self, ArtifactError> {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(ArtifactError::at(
+                file,
+                "a graph payload needs the model's config.json beside it (the architecture: copy the source model's)",
+            ));
+        }
+        let config = crate::guard::read_text(&config_path, crate::guard::Cap::JSON)
+            .map_err(|e| ArtifactError::at(&config_path, e.message))?;
+        let architecture =
+            from_hf_config(&config).map_err(|m| ArtifactError::at(&config_path, m))?;
+        architecture
+            .check()
+            .map_err(|m| ArtifactError::at(&config_path, m))?;
+        let bytes = crate::guard::read_bytes(file, crate::guard::Cap::TOKENIZER)
+            .map_err(|e| ArtifactError::at(file, e.message))?;
+        let (weights, requires) = match format {
+            GraphFormat::Onnx => onnx_weights(&bytes, file)?,
+            GraphFormat::Tflite => tflite_weights(&bytes, file)?,
+        };
+        let mut files = vec![file.to_path_buf()];
+        files.extend(
+            SIDE_FILES
+                .iter()
+                .map(|n| dir.join(n))
+                .filter(|p| p.is_file()),
+        );
+        files.sort();
+        Ok(Self {
+            file: file.to_path_buf(),
+            format,
+            files,
+            architecture,
+            quantization: weights.quantization(format),
+            compatibility: Compatibility {
+                format: format.name().into(),
+                gguf_version: None,
+                requires,
+            },
+        })
+    }
+
+    /// The lowest precision its weights are stored in: what an accelerator
+    /// must run for the graph to run on it.
+    pub fn main_scheme(&self) -> &'static str {
+        let types = &self.quantization.tensor_types;
+        if types.contains_key("int8_pc") {
+            "int8_pc"
+        } else if types.contains_key("int8_pt") {
+            "int8_pt"
+        } else if types.contains_key("F16") {
+            "F16"
+        } else {
+            "F32"
+        }
+    }
+
+    /// Mean cosine of the file's sentence embeddings to `reference`'s f32
+    /// engine on `texts`, computed from the file read back.
+    pub fn accuracy(&self, reference: &Model, texts: &[String]) -> Result<Accuracy, ArtifactError> {
+        let cosine_mean = match self.format {
+            GraphFormat::Onnx => {
+                crate::format::onnx::export::accuracy(&self.file, reference, texts)
+                    .map_err(|e| ArtifactError::at(&self.file, e.to_string()))?
+                    .cosine_mean
+            }
+            GraphFormat::Tflite => {
+                let bytes = fs_err::read(&self.file)
+                    .map_err(|e| ArtifactError::at(&self.file, e.to_string()))?;
+                let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                crate::format::tflite::accuracy(&bytes, &self.file, reference, &texts)
+                    .map_err(|e| ArtifactError::at(&self.file, e.to_string()))?
+                    .mean_cosine
+            }
+        };
+        let round6 = |x: f64| (x * 1e6).round() / 1e6;
+        Ok(Accuracy {
+            eval_texts: texts.len(),
+            eval_sha256: hex::encode(Sha256::digest(texts.join("\n").as_bytes())),
+            cosine_mean: Some(round6(cosine_mean)),
+            cosine_drop: Some(round6(1.0 - cosine_mean)),
+            top1_agreement: None,
+            perplexity_reference: None,
+            perplexity: None,
+            perplexity_increase_pct: None,
+        })
+    }
+}
+
+/// Weight tensors by name: their type (in target-profile scheme names),
+/// element count and stored bytes; plus the bytes of quantization side data.
+#[derive(Default)]
+struct Weights {
+    tensors: BTreeMap<String, (String, u64, u64)>,
+    side_bytes: u64,
+}
+
+impl Weights {
+    fn quantization(&self, format: GraphFormat) -> Quantization {
+        let mut tensor_types = BTreeMap::new();
+        let (mut parameters, mut bytes) = (0u64, self.side_bytes);
+        for (ty, elems, n) in self.tensors.values() {
+            *tensor_types.entry(ty.clone()).or_insert(0) += 1;
+            parameters += elems;
+            bytes += n;
+        }
+        Quantization {
+            format: format.name().into(),
+            parameters,
+            weight_bytes: bytes,
+            bits_per_weight: ((bytes as f64 * 8.0 / parameters.max(1) as f64) * 1e4).round() / 1e4,
+            tensor_types,
+            plan: self
+                .tensors
+                .iter()
+                .map(|(k, (ty, _, _))| (k.clone(), ty.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// ONNX: float, float16 and int8 initializers with two or more elements are
+/// weights; scales and zero points (inputs 1 and 2 of Q/DQ nodes) are side
+/// data; int64 initializers are shapes and indices.
+fn onnx_weights(bytes: &[u8], file: &Path) -> Result<(Weights, Vec<String>), ArtifactError> {
+    let onnx =
+        OnnxFile::from_bytes(bytes, file).map_err(|e| ArtifactError::at(file, e.to_string()))?;
+    let graph = onnx.model.graph.as_ref().expect("checked by from_bytes");
+    let side: BTreeSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| {
+            matches!(
+                n.op_type.as_deref(),
+                Some("QuantizeLinear" | "DequantizeLinear")
+            )
+        })
+        .flat_map(|n| n.input.iter().skip(1).map(String::as_str))
+        .collect();
+    let mut w = Weights::default();
+    for t in &graph.initializer {
+        let name = t.name.clone().unwrap_or_default();
+        let elems: u64 = t.dims.iter().map(|&d| d.max(0) as u64).product();
+        let ty = t.data_type.unwrap_or(0);
+        let size = match ty {
+            data_type::FLOAT | data_type::INT32 => 4,
+            data_type::FLOAT16 => 2,
+            data_type::INT8 | data_type::UINT8 => 1,
+            data_type::INT64 => continue,
+            other => {
+                return Err(ArtifactError::at(
+                    file,
+                    format!(
+                    "initializer `{name}` has data type {other}, which edgeforge does not write"
+                ),
+                ))
+            }
+        };
+        if side.contains(name.as_str()) {
+            w.side_bytes += elems * size;
+            continue;
+        }
+        if elems < 2 {
+            continue;
+        }
+        let scheme = match ty {
+            data_type::FLOAT => "F32",
+            data_type::FLOAT16 => "F16",
+            data_type::INT32 => "I32",
+            _ => "int8_pc",
+        };
+        w.tensors.insert(name, (scheme.into(), elems, elems * size));
+    }
+    let opset = onnx
+        .model
+        .opset_import
+        .iter()
+        .filter_map(|o| o.version)
+        .max()
+        .unwrap_or(0);
+    let ops: BTreeSet<&str> = graph
+        .node
+        .iter()
+        .filter_map(|n| n.op_type.as_deref())
+        .collect();
+    let mut requires = vec![
+        format!("onnx opset {opset}"),
+        format!("onnx ir {}", onnx.model.ir_version.unwrap_or(0)),
+    ];
+    requires.extend(ops.into_iter().map(|op| format!("onnx op {op}")));
+    Ok((w, requires))
+}
+
+/// TFLite: constant float32/float16/int8 tensors with two or more elements
+/// are weights, int32 constants with quantization are biases; unquantized
+/// int32 constants are shape operands. Scales and zero points are side data.
+fn tflite_weights(bytes: &[u8], file: &Path) -> Result<(Weights, Vec<String>), ArtifactError> {
+    let graph = crate::format::tflite::read::read(bytes).map_err(|e| {
+        ArtifactError::at(file, format!("not a TFLite model edgeforge reads: {}", e.0))
+    })?;
+    let mut w = Weights::default();
+    for t in &graph.tensors {
+        let Some(data) = &t.data else { continue };
+        if let Some(q) = &t.quant {
+            w.side_bytes += 4 * q.scale.len() as u64 + 8 * q.zero_point.len() as u64;
+        }
+        let elems = t.elements() as u64;
+        let scheme = match (t.ty, &t.quant) {
+            (ElemType::F32, _) => "F32",
+            (ElemType::F16, _) => "F16",
+            (ElemType::I8, Some(q)) if q.scale.len() > 1 => "int8_pc",
+            (ElemType::I8, _) => "int8_pt",
+            (ElemType::I32, Some(_)) => "I32",
+            (ElemType::I32, None) => continue,
+        };
+        if elems < 2 {
+            continue;
+        }
+        w.tensors
+            .insert(t.name.clone(), (scheme.into(), elems, data.len() as u64));
+    }
+    let ops: BTreeSet<&str> = graph.nodes.iter().map(|n| n.op.name()).collect();
+    let mut requires = vec![format!(
+        "tflite schema v{}",
+        crate::format::tflite::schema::SCHEMA_VERSION
+    )];
+    requires.extend(ops.into_iter().map(|op| format!("tflite builtin {op}")));
+    Ok((w, requires))
+}
