@@ -8,12 +8,12 @@ use super::accuracy::{self, Accuracy};
 use super::graph::GraphPayload;
 use super::manifest::{Compatibility, FileEntry, Quantization, Source};
 use super::{
-    compatibility_of, file_name, footprint_for, footprint_on, hash_file, main_scheme,
+    compatibility_of, file_name, footprint_for, footprint_on, format_name, hash_file, main_scheme,
     quantization_of, ArtifactError, PackageInput,
 };
 use crate::engine::Engine;
 use crate::memory::Footprint;
-use crate::model::{Model, ModelFormat};
+use crate::model::Model;
 use crate::profile::project::Projection;
 
 pub(super) struct Described {
@@ -67,9 +67,20 @@ pub(super) fn model(
         }
         None => None,
     };
-    // GGUF runtimes (llama.cpp and kin) run on the CPU, not on NPUs.
+    // Projected on an accelerator only if one of its runtimes loads this
+    // format (llama.cpp-cuda on a Jetson reads GGUF; no NPU reads edgeforge's
+    // safetensors): otherwise the file runs on the CPU.
     let scheme = main_scheme(model, &quantization);
-    let accelerated = (model.format != ModelFormat::Gguf).then_some(scheme.as_str());
+    let target = input.target;
+    let format = format_name(model);
+    let reaches_accelerator = target.spec.accelerators.iter().any(|a| {
+        target
+            .spec
+            .runtimes
+            .iter()
+            .any(|r| a.runtimes.contains(&r.name) && r.format == format)
+    });
+    let accelerated = reaches_accelerator.then_some(scheme.as_str());
     let projection = crate::profile::project::for_artifact(
         model,
         input.target,

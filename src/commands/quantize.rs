@@ -67,6 +67,9 @@ pub fn quantize(
         .map(|n| target::load(n, global.targets_dir.as_deref()))
         .transpose()?;
     check_requant(&model, args.allow_requant, printer)?;
+    if let Some(t) = &target {
+        warn_if_no_runtime_loads(t, format, printer);
+    }
     let constraints = Constraints {
         allowed: target.as_ref().map(Target::allowed_schemes),
         gguf: format == OutputFormat::Gguf,
@@ -293,4 +296,28 @@ fn render(r: &Report<'_>, plan: &Plan) -> String {
         );
     }
     out
+}
+
+/// A file for a target none of whose runtimes reads it is worth saying so
+/// before it is shipped: name the runtimes and what each of them loads.
+fn warn_if_no_runtime_loads(target: &Target, format: OutputFormat, printer: &Printer) {
+    let name = match format {
+        OutputFormat::Gguf => "gguf",
+        OutputFormat::Safetensors => "safetensors",
+    };
+    if target.formats().contains(name) {
+        return;
+    }
+    let runtimes: Vec<String> = target
+        .spec
+        .runtimes
+        .iter()
+        .map(|r| format!("{} ({})", r.name, r.format))
+        .collect();
+    printer.warn(&format!(
+        "no runtime of {} loads {name} (its runtimes: {}): this file runs in edgeforge's engine only; \
+         `edgeforge build` makes the files its accelerators load (docs/accelerators.md)",
+        target.name(),
+        runtimes.join(", ")
+    ));
 }

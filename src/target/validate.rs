@@ -66,6 +66,65 @@ fn schemes(key: &str, names: &[String]) -> Result<(), Problem> {
     Ok(())
 }
 
+/// A runtime can only run schemes its file format can hold: GGUF has no
+/// edgeforge int8/int4 schemes, TFLite no int4, ONNX no GGUF blocks.
+fn expressible(r: &super::schema::Runtime) -> Result<(), Problem> {
+    let holds = |s: &str| -> bool {
+        let float = ["F32", "F16", "BF16"].contains(&s);
+        let edgeforge = s == "int8_pc" || s.starts_with("int4_g");
+        match r.format.as_str() {
+            "gguf" => !edgeforge,
+            "safetensors" => float || edgeforge,
+            "onnx" | "coreml" => float || edgeforge,
+            "tflite" => ["F32", "F16", "int8_pc"].contains(&s),
+            _ => true,
+        }
+    };
+    match r.weight_schemes.iter().find(|s| !holds(s)) {
+        Some(s) => Err((
+            "runtimes.weight_schemes".into(),
+            format!(
+                "runtime `{}` loads {}, which cannot hold `{s}` weights",
+                r.name, r.format
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// An accelerator that names runtimes must share a scheme with one of them,
+/// or nothing it runs could ever be delivered to it.
+fn fed_by_a_runtime(
+    a: &super::schema::Accelerator,
+    runtimes: &[super::schema::Runtime],
+) -> Result<(), Problem> {
+    let named: Vec<&super::schema::Runtime> = runtimes
+        .iter()
+        .filter(|r| a.runtimes.contains(&r.name))
+        .collect();
+    let shared = named.iter().any(|r| {
+        r.weight_schemes
+            .iter()
+            .any(|s| a.weight_schemes.contains(s))
+    });
+    if named.is_empty() || shared {
+        return Ok(());
+    }
+    Err((
+        "accelerators.weight_schemes".into(),
+        format!(
+            "the {} runs {}, which none of its runtimes ({}) loads",
+            a.name,
+            a.weight_schemes.join(", "),
+            named
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
+}
+
 /// Checks every value of a resolved profile.
 pub fn check(t: &TargetSpec) -> Result<(), Problem> {
     if t.name.is_empty()
@@ -161,6 +220,10 @@ pub fn check(t: &TargetSpec) -> Result<(), Problem> {
     for r in &t.runtimes {
         one_of("runtimes.format", &r.format, FORMATS, "format")?;
         schemes("runtimes.weight_schemes", &r.weight_schemes)?;
+        expressible(r)?;
+    }
+    for a in &t.accelerators {
+        fed_by_a_runtime(a, &t.runtimes)?;
     }
     count(
         "workload.context_tokens",

@@ -131,6 +131,20 @@ fn build_ships_onnx_and_tflite_for_accelerators_and_their_runtimes_load_them() {
     let tpu_dir = dist.join(tpu["artifact"].as_str().unwrap());
     let tm = manifest(&tpu_dir);
     assert!(tm["metrics"]["accuracy"]["cosine_drop"].as_f64().unwrap() <= 0.01);
+    // Projected where it runs: the TFLite file on the TPU, the GGUF on the CPU.
+    let engine = |m: &Value| {
+        m["metrics"]["projection"]["engine"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(engine(&tm).contains("tpu"), "{}", engine(&tm));
+    let cpu_manifest = manifest(&dist.join(cpu["artifact"].as_str().unwrap()));
+    assert!(
+        !engine(&cpu_manifest).contains("tpu"),
+        "{}",
+        engine(&cpu_manifest)
+    );
     let litert_detail = outcome(&first, "pixel-8.litert")["detail"]
         .as_str()
         .unwrap()

@@ -332,11 +332,13 @@ fn build_makes_every_variant_skips_unchanged_ones_and_select_picks_by_ram() {
         coral["bits_per_weight"].as_f64().unwrap() < 9.0,
         "coral runs int8: {coral}"
     );
-    // Projected latency: the Edge TPU runs the int8 variant faster than the Pi's CPU runs F16.
+    // Projected latency: no Coral runtime loads edgeforge's safetensors, so
+    // it is projected on the Coral's four A53 cores, slower than the Pi 5's
+    // four A76 cores, and never on the Edge TPU (its TFLite variant is).
     let latency = |v: &Value| v["latency_ms"].as_f64().unwrap();
     let rpi5 = variants.iter().find(|v| v["target"] == "rpi5-8gb").unwrap();
     assert!(
-        latency(rpi5) > 0.0 && latency(coral) < latency(rpi5),
+        latency(rpi5) > 0.0 && latency(coral) > latency(rpi5),
         "{variants:?}"
     );
     let manifest: Value = serde_json::from_slice(
@@ -347,10 +349,10 @@ fn build_makes_every_variant_skips_unchanged_ones_and_select_picks_by_ram() {
         .unwrap(),
     )
     .unwrap();
-    assert!(manifest["metrics"]["projection"]["engine"]
+    let engine = manifest["metrics"]["projection"]["engine"]
         .as_str()
-        .unwrap()
-        .contains("tpu"));
+        .unwrap();
+    assert!(!engine.contains("tpu"), "{engine}");
 
     // Nothing changed: every built target is skipped and the artifacts keep their ids.
     let second: Value = serde_json::from_slice(&build("1").stdout).unwrap();

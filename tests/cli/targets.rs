@@ -96,6 +96,36 @@ fn zero_ram_exits_2_naming_the_key() {
 }
 
 #[test]
+fn schemes_a_runtime_or_accelerator_cannot_run_exit_2_naming_them() {
+    // TFLite has no int4 weights: an Edge TPU runtime claiming them is wrong.
+    let (_dir, path) = bad_profile(
+        "format = \"tflite\"\nweight_schemes = [\"int8_pc\"]",
+        "format = \"tflite\"\nweight_schemes = [\"int8_pc\", \"int4_g32_sym\"]",
+    );
+    edgeforge()
+        .args(["targets", "validate"])
+        .arg(&path)
+        .assert()
+        .code(2)
+        .stdout(predicate::str::contains(
+            "runtime `tflite-edgetpu` loads tflite, which cannot hold `int4_g32_sym` weights",
+        ));
+    // An int4-only Edge TPU: none of its runtimes could ever feed it.
+    let (_dir, path) = bad_profile(
+        "weight_schemes = [\"int8_pc\"]\nactivation_dtypes",
+        "weight_schemes = [\"int4_g32_sym\"]\nactivation_dtypes",
+    );
+    edgeforge()
+        .args(["targets", "validate"])
+        .arg(&path)
+        .assert()
+        .code(2)
+        .stdout(predicate::str::contains(
+            "the Edge TPU runs int4_g32_sym, which none of its runtimes (tflite-edgetpu) loads",
+        ));
+}
+
+#[test]
 fn unknown_target_name_lists_the_known_ones() {
     edgeforge()
         .args(["targets", "show", "gameboy"])
