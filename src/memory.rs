@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::model::Architecture;
+use crate::model::{Architecture, LlamaLikeConfig};
 
 /// Bytes per KV-cache element: llama.cpp's default cache type is F16.
 pub const KV_CACHE_ELEM_BYTES: u64 = 2;
@@ -13,7 +13,7 @@ pub const KV_CACHE_ELEM_BYTES: u64 = 2;
 /// layer keeps only its window of positions. Encoders keep no cache.
 pub fn kv_cache_bytes(arch: &Architecture, context: u64) -> u64 {
     match arch {
-        Architecture::Llama(c) => {
+        Architecture::Llama(c) | Architecture::LlamaLike(LlamaLikeConfig { base: c, .. }) => {
             let per_token =
                 c.num_hidden_layers as u64 * c.kv_heads() as u64 * c.head_dim() as u64 * 2;
             per_token * context * KV_CACHE_ELEM_BYTES
@@ -36,6 +36,7 @@ pub fn kv_cache_bytes(arch: &Architecture, context: u64) -> u64 {
 pub fn max_context(arch: &Architecture) -> Option<u64> {
     match arch {
         Architecture::Llama(c) => Some(c.max_position_embeddings as u64),
+        Architecture::LlamaLike(c) => Some(c.base.max_position_embeddings as u64),
         Architecture::Gemma3(c) => Some(c.max_position_embeddings as u64),
         Architecture::Bert(c) => Some(c.max_position_embeddings as u64),
         Architecture::Other { .. } => None,
@@ -47,20 +48,18 @@ pub fn max_context(arch: &Architecture) -> Option<u64> {
 /// scores (heads × context × context), which dominate for encoders.
 pub fn activation_bytes(arch: &Architecture, context: u64) -> u64 {
     let (hidden, ffn, heads) = match arch {
-        Architecture::Llama(c) => (c.hidden_size, c.intermediate_size, c.num_attention_heads),
+        Architecture::Llama(c) | Architecture::LlamaLike(LlamaLikeConfig { base: c, .. }) => {
+            (c.hidden_size, c.intermediate_size, c.num_attention_heads)
+        }
         Architecture::Gemma3(c) => (c.hidden_size, c.intermediate_size, c.num_attention_heads),
         Architecture::Bert(c) => (c.hidden_size, c.intermediate_size, c.num_attention_heads),
         Architecture::Other { .. } => return 0,
     };
     // A decoder attends one new token against the cache; an encoder builds the
     // full context × context score matrix.
-    let scores = match arch {
-        Architecture::Llama(_) | Architecture::Gemma3(_) => heads as u64 * context,
-        _ => heads as u64 * context * context,
-    };
-    let rows = match arch {
-        Architecture::Llama(_) | Architecture::Gemma3(_) => 1,
-        _ => context,
+    let (scores, rows) = match arch.is_decoder() {
+        true => (heads as u64 * context, 1),
+        false => (heads as u64 * context * context, context),
     };
     4 * (rows * (4 * hidden as u64 + 2 * ffn as u64) + scores)
 }

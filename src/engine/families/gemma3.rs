@@ -2,7 +2,7 @@
 //! norms after attention and MLP as well as before, per-head q/k norms,
 //! NeoX RoPE, GELU-tanh gate, embeddings scaled by sqrt(d).
 
-use crate::engine::decoder::{Gate, LayerAttention, Parts, RopePairs, Spec};
+use crate::engine::decoder::{Gate, LayerAttention, MlpWeights, Parts, RopePairs, Spec};
 use crate::model::Gemma3Config;
 
 pub fn spec(c: &Gemma3Config) -> Spec {
@@ -28,6 +28,7 @@ pub fn spec(c: &Gemma3Config) -> Spec {
         heads: c.num_attention_heads,
         kv_heads: c.num_key_value_heads,
         head_dim: c.head_dim,
+        rope_dims: c.head_dim,
         context: c.max_position_embeddings,
         eps: c.rms_norm_eps as f32,
         layers,
@@ -39,9 +40,12 @@ pub fn spec(c: &Gemma3Config) -> Spec {
             k_norm: Some("attn_k_norm"),
         },
         gate: Gate::GeluTanh,
+        mlp_weights: MlpWeights::Separate,
         // In f32, as llama.cpp (HF rounds it to the weights' dtype first).
         embed_scale: Some((c.hidden_size as f32).sqrt()),
         attention_scale: 1.0 / (c.query_pre_attn_scalar as f32).sqrt(),
+        residual_scale: None,
+        logit_scale: None,
         logit_softcap: c.final_logit_softcapping.map(|v| v as f32),
         hf_norm_offset: 1.0,
     }
