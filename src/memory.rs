@@ -13,10 +13,23 @@ pub const KV_CACHE_ELEM_BYTES: u64 = 2;
 /// layer keeps only its window of positions. Encoders keep no cache.
 pub fn kv_cache_bytes(arch: &Architecture, context: u64) -> u64 {
     match arch {
-        Architecture::Llama(c) | Architecture::LlamaLike(LlamaLikeConfig { base: c, .. }) => {
+        Architecture::Llama(c) => {
             let per_token =
                 c.num_hidden_layers as u64 * c.kv_heads() as u64 * c.head_dim() as u64 * 2;
             per_token * context * KV_CACHE_ELEM_BYTES
+        }
+        Architecture::LlamaLike(c) => {
+            let b = &c.base;
+            let per_position = b.kv_heads() as u64 * b.head_dim() as u64 * 2;
+            let window = c
+                .attention_window
+                .map_or(context, |w| context.min(w as u64));
+            let attention = (0..b.num_hidden_layers).filter(|&i| !c.is_conv(i)).count() as u64;
+            // LFM2's convolution layers keep (kernel - 1) positions of f32 per channel.
+            let conv = c.short_conv.as_ref().map_or(0, |s| {
+                s.layers.len() as u64 * (s.kernel as u64 - 1) * b.hidden_size as u64 * 4
+            });
+            per_position * attention * window * KV_CACHE_ELEM_BYTES + conv
         }
         Architecture::Gemma3(c) => {
             let per_position = c.num_key_value_heads as u64 * c.head_dim as u64 * 2;

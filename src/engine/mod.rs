@@ -28,7 +28,8 @@ pub use tokenizer::TextTokenizer;
 use weights::Weights;
 
 /// Families the engine runs, for error messages.
-pub const SUPPORTED: &str = "bert (encoder); llama, gemma3, qwen2, qwen3, phi3, granite (decoders)";
+pub const SUPPORTED: &str =
+    "bert (encoder); llama, gemma3, qwen2, qwen3, phi3, granite, lfm2 (decoders)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

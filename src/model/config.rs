@@ -351,7 +351,8 @@ pub fn from_hf_config(text: &str) -> Result<Architecture, String> {
             serde_json::from_str(text).map_err(typed)?,
         )),
         "gemma3_text" | "gemma3" => Ok(Architecture::Gemma3(Gemma3Config::from_hf(text)?)),
-        name if LlamaLike::from_name(name).is_some() => {
+        // LFM2's HF config (layer types, FFN width adjustment) is not read yet.
+        name if LlamaLike::from_name(name).is_some_and(|k| k != LlamaLike::Lfm2) => {
             let kind = LlamaLike::from_name(name).expect("matched above");
             Ok(Architecture::LlamaLike(LlamaLikeConfig::from_hf(
                 kind, text,

@@ -1,5 +1,5 @@
 //! Decoder families llama.cpp builds on the LLaMA skeleton with a few
-//! changes each (Qwen2/2.5, Qwen3, Phi-3, Granite): the LLaMA sizes plus
+//! changes each (Qwen2/2.5, Qwen3, Phi-3, Granite, LFM2): the LLaMA sizes plus
 //! the family's own switches, from a Hugging Face `config.json` or GGUF
 //! `<arch>.*` metadata. What the engine does differently per family is in
 //! `engine::families`.
@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::LlamaConfig;
-use crate::format::gguf::GgufFile;
+use crate::format::gguf::{GgufFile, MetaValue};
 
 /// Which LLaMA-derived family: its GGUF `general.architecture` and HF
 /// `model_type` are both this name.
@@ -22,10 +22,19 @@ pub enum LlamaLike {
     Phi3,
     /// LLaMA with embedding, residual, attention and logit multipliers.
     Granite,
+    /// Liquid's hybrid: gated short-convolution blocks between attention
+    /// blocks (with per-head q/k RMSNorm). GGUF only: HF configs not read.
+    Lfm2,
 }
 
 impl LlamaLike {
-    pub const ALL: [LlamaLike; 4] = [Self::Qwen2, Self::Qwen3, Self::Phi3, Self::Granite];
+    pub const ALL: [LlamaLike; 5] = [
+        Self::Qwen2,
+        Self::Qwen3,
+        Self::Phi3,
+        Self::Granite,
+        Self::Lfm2,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -33,6 +42,7 @@ impl LlamaLike {
             Self::Qwen3 => "qwen3",
             Self::Phi3 => "phi3",
             Self::Granite => "granite",
+            Self::Lfm2 => "lfm2",
         }
     }
 
@@ -64,6 +74,23 @@ pub struct LlamaLikeConfig {
     /// Granite: logits are divided by this.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logits_scaling: Option<f64>,
+    /// LFM2: which layers are short convolutions instead of attention.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub short_conv: Option<ShortConv>,
+    /// Sliding window of the attention layers (LFM2 when set; llama.cpp
+    /// ignores Phi-3's and the Qwens').
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_window: Option<usize>,
+}
+
+/// LFM2's gated short convolutions: `in_proj` to B, C, x; `C * conv(B * x)`
+/// over the last `kernel` positions per channel; `out_proj`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShortConv {
+    /// Taps per channel (GGUF `shortconv.l_cache`).
+    pub kernel: usize,
+    /// Indices of the convolution layers (GGUF: KV heads 0).
+    pub layers: Vec<usize>,
 }
 
 /// The fields of an HF config beyond LLaMA's.
@@ -86,6 +113,9 @@ struct HfExtras {
 impl LlamaLikeConfig {
     /// Reads an HF `config.json` of family `kind`.
     pub fn from_hf(kind: LlamaLike, text: &str) -> Result<Self, String> {
+        if kind == LlamaLike::Lfm2 {
+            return Err("Hugging Face lfm2 configs are not read yet (use its GGUF)".into());
+        }
         let typed = |e: serde_json::Error| format!("Not a valid {} config: {e}", kind.name());
         let base: LlamaConfig = serde_json::from_str(text).map_err(typed)?;
         let extras: HfExtras = serde_json::from_str(text).map_err(typed)?;
@@ -110,6 +140,8 @@ impl LlamaLikeConfig {
             residual_multiplier: extras.residual_multiplier.filter(|_| granite),
             attention_multiplier: extras.attention_multiplier.filter(|_| granite),
             logits_scaling: extras.logits_scaling.filter(|_| granite),
+            short_conv: None,
+            attention_window: None,
         })
     }
 
@@ -121,13 +153,40 @@ impl LlamaLikeConfig {
         let float = |key: &str| file.get_f64(&format!("{arch}.{key}"));
         let heads = int("attention.head_count")?;
         let head_dim = int("attention.key_length");
+        // LFM2 stores KV heads per layer, 0 for its convolution layers.
+        let kv_per_layer: Option<Vec<usize>> =
+            match file.get(&format!("{arch}.attention.head_count_kv")) {
+                Some(MetaValue::Array(a)) => a
+                    .values
+                    .iter()
+                    .map(|v| v.as_u64().map(|v| v as usize))
+                    .collect(),
+                _ => None,
+            };
+        let kv_heads = match &kv_per_layer {
+            Some(per_layer) => per_layer.iter().copied().max(),
+            None => int("attention.head_count_kv"),
+        };
+        let short_conv = match (kind, &kv_per_layer) {
+            (LlamaLike::Lfm2, Some(per_layer)) => Some(ShortConv {
+                kernel: int("shortconv.l_cache")?,
+                layers: (0..per_layer.len())
+                    .filter(|&i| per_layer[i] == 0)
+                    .collect(),
+            }),
+            (LlamaLike::Lfm2, None) => Some(ShortConv {
+                kernel: int("shortconv.l_cache")?,
+                layers: Vec::new(),
+            }),
+            _ => None,
+        };
         let base = LlamaConfig {
             vocab_size: vocab?,
             hidden_size: int("embedding_length")?,
             intermediate_size: int("feed_forward_length")?,
             num_hidden_layers: int("block_count")?,
             num_attention_heads: heads,
-            num_key_value_heads: int("attention.head_count_kv"),
+            num_key_value_heads: kv_heads,
             max_position_embeddings: int("context_length")?,
             rms_norm_eps: float("attention.layer_norm_rms_epsilon")?,
             rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
@@ -150,8 +209,18 @@ impl LlamaLikeConfig {
             } else {
                 None
             },
+            short_conv,
+            attention_window: int("attention.sliding_window")
+                .filter(|&w| kind == LlamaLike::Lfm2 && w > 0),
             base,
         })
+    }
+
+    /// Whether layer `i` is a short convolution (else attention).
+    pub fn is_conv(&self, i: usize) -> bool {
+        self.short_conv
+            .as_ref()
+            .is_some_and(|s| s.layers.contains(&i))
     }
 
     /// Rotated width of each head.
@@ -168,6 +237,27 @@ impl LlamaLikeConfig {
                 "rotary dimension {rot}: must be even and between 2 and head_dim = {}",
                 self.base.head_dim()
             ));
+        }
+        if let Some(sc) = &self.short_conv {
+            if !(2..=64).contains(&sc.kernel) {
+                return Err(format!(
+                    "shortconv.l_cache = {}: must be between 2 and 64",
+                    sc.kernel
+                ));
+            }
+            if let Some(&i) = sc
+                .layers
+                .iter()
+                .find(|&&i| i >= self.base.num_hidden_layers)
+            {
+                return Err(format!(
+                    "convolution layer {i} is past the {} layers",
+                    self.base.num_hidden_layers
+                ));
+            }
+        }
+        if self.attention_window == Some(0) {
+            return Err("attention.sliding_window = 0: must be at least 1".into());
         }
         for (key, v) in [
             ("embedding_multiplier", self.embedding_multiplier),

@@ -162,6 +162,8 @@ impl Model {
                 v["model_type"] = "llama".into();
                 v
             }),
+            // LFM2's HF config is not one we read back.
+            Architecture::LlamaLike(c) if c.kind == LlamaLike::Lfm2 => return Ok(out),
             Architecture::LlamaLike(c) => Ok(c.to_hf_json()),
             // Gemma-3's HF config has nested text settings our own type does
             // not round-trip: its safetensors outputs keep side files instead.

@@ -1,4 +1,4 @@
-//! Qwen2, Qwen3, Phi-3 and Granite against llama.cpp itself, recorded: tiny
+//! Qwen2, Qwen3, Phi-3, Granite and LFM2 against llama.cpp itself, recorded: tiny
 //! random-weight GGUFs (f32, and llama.cpp's own Q8_0 copy of each) with
 //! llama.cpp's logits at every prompt position and greedy decode step
 //! (`tests/fixtures/families/`, made by `scripts/make-family-fixtures`; its
@@ -15,7 +15,9 @@ use edgeforge::model::Model;
 
 use crate::common::{edgeforge, json_success, repo_root};
 
-const FAMILIES: [&str; 4] = ["qwen2", "qwen3", "phi3", "granite"];
+const FAMILIES: [&str; 5] = ["qwen2", "qwen3", "phi3", "granite", "lfm2"];
+/// The families whose Hugging Face checkpoints we read (LFM2: GGUF only).
+const HF_FAMILIES: [&str; 4] = ["qwen2", "qwen3", "phi3", "granite"];
 
 /// What each stored dtype must meet at every position: Pearson correlation
 /// with llama.cpp's logits, and the largest absolute logit difference.
@@ -292,7 +294,7 @@ fn families_hf_safetensors_route_equals_the_gguf() {
     use edgeforge::format::atomic::Overwrite;
     use edgeforge::format::safetensors::{Dtype, SafetensorsStream, TensorSpec};
 
-    for family in FAMILIES {
+    for family in HF_FAMILIES {
         let gguf = Model::open(&fixture(&format!("{family}.f32.gguf"))).unwrap();
         let edgeforge::model::Architecture::LlamaLike(config) = &gguf.architecture else {
             panic!("{family} reads as a LLaMA-like family")

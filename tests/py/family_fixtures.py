@@ -59,10 +59,47 @@ def vocabulary():
     return tokens, types, merges
 
 
+LFM2_CONV_LAYERS = (0, 2)
+
+
+def layers(family):
+    # LFM2: convolution, attention, convolution.
+    return 3 if family == "lfm2" else LAYERS
+
+
+def ffn(p, family, lin, norm):
+    t = {p + "ffn_norm.weight": norm(HIDDEN)}
+    gate, up = lin(FFN, HIDDEN, 2.0), lin(FFN, HIDDEN)
+    if family == "phi3":
+        t[p + "ffn_up.weight"] = np.concatenate([gate, up])
+    else:
+        t[p + "ffn_gate.weight"], t[p + "ffn_up.weight"] = gate, up
+    t[p + "ffn_down.weight"] = lin(HIDDEN, FFN)
+    return t
+
+
+def attention(p, family, head_dim, lin, norm, vec):
+    q_w, kv_w = HEADS * head_dim, KV_HEADS * head_dim
+    t = {}
+    q, k, v = lin(q_w, HIDDEN, 2.0), lin(kv_w, HIDDEN, 2.0), lin(kv_w, HIDDEN)
+    if family == "phi3":
+        t[p + "attn_qkv.weight"] = np.concatenate([q, k, v])
+    else:
+        t[p + "attn_q.weight"], t[p + "attn_k.weight"], t[p + "attn_v.weight"] = q, k, v
+    if family == "qwen2":
+        t[p + "attn_q.bias"] = vec(q_w, 0.5)
+        t[p + "attn_k.bias"] = vec(kv_w, 0.5)
+        t[p + "attn_v.bias"] = vec(kv_w, 0.2)
+    if family in ("qwen3", "lfm2"):
+        t[p + "attn_q_norm.weight"] = norm(head_dim)
+        t[p + "attn_k_norm.weight"] = norm(head_dim)
+    t[p + "attn_output.weight"] = lin(HIDDEN, q_w)
+    return t
+
+
 def family_tensors(family, rng):
     """Tensors by llama.cpp name, row-major [out, in], and the head width."""
     head_dim = 32 if family == "qwen3" else HIDDEN // HEADS
-    q_w, kv_w = HEADS * head_dim, KV_HEADS * head_dim
 
     def lin(rows, cols, gain=1.0):
         return (rng.standard_normal((rows, cols)) * gain / np.sqrt(cols)).astype(np.float32)
@@ -78,30 +115,19 @@ def family_tensors(family, rng):
     # multiplies it by embedding_scale first.
     embed_std = {"qwen2": 0.25, "granite": 0.1}.get(family, 1.0)
     t = {"token_embd.weight": (embed_std * rng.standard_normal((VOCAB, HIDDEN))).astype(np.float32)}
-    for i in range(LAYERS):
+    for i in range(layers(family)):
         p = f"blk.{i}."
         t[p + "attn_norm.weight"] = norm(HIDDEN)
-        q, k, v = lin(q_w, HIDDEN, 2.0), lin(kv_w, HIDDEN, 2.0), lin(kv_w, HIDDEN)
-        if family == "phi3":
-            t[p + "attn_qkv.weight"] = np.concatenate([q, k, v])
+        if family == "lfm2" and i in LFM2_CONV_LAYERS:
+            # Gated short convolution: B, C, x rows, then 3 taps per channel.
+            t[p + "shortconv.in_proj.weight"] = lin(3 * HIDDEN, HIDDEN, 2.0)
+            t[p + "shortconv.conv.weight"] = vec(HIDDEN * 3, 0.7).reshape(HIDDEN, 3)
+            t[p + "shortconv.out_proj.weight"] = lin(HIDDEN, HIDDEN)
         else:
-            t[p + "attn_q.weight"], t[p + "attn_k.weight"], t[p + "attn_v.weight"] = q, k, v
-        if family == "qwen2":
-            t[p + "attn_q.bias"] = vec(q_w, 0.5)
-            t[p + "attn_k.bias"] = vec(kv_w, 0.5)
-            t[p + "attn_v.bias"] = vec(kv_w, 0.2)
-        if family == "qwen3":
-            t[p + "attn_q_norm.weight"] = norm(head_dim)
-            t[p + "attn_k_norm.weight"] = norm(head_dim)
-        t[p + "attn_output.weight"] = lin(HIDDEN, q_w)
-        t[p + "ffn_norm.weight"] = norm(HIDDEN)
-        gate, up = lin(FFN, HIDDEN, 2.0), lin(FFN, HIDDEN)
-        if family == "phi3":
-            t[p + "ffn_up.weight"] = np.concatenate([gate, up])
-        else:
-            t[p + "ffn_gate.weight"], t[p + "ffn_up.weight"] = gate, up
-        t[p + "ffn_down.weight"] = lin(HIDDEN, FFN)
-    t["output_norm.weight"] = norm(HIDDEN)
+            t.update(attention(p, family, head_dim, lin, norm, vec))
+        t.update(ffn(p, family, lin, norm))
+    # LFM2's converter names the final norm token_embd_norm.
+    t["token_embd_norm.weight" if family == "lfm2" else "output_norm.weight"] = norm(HIDDEN)
     if family == "granite":
         # Per-pair RoPE frequency divisors (as LLaMA 3's rope_freqs), which
         # llama.cpp's Granite graph applies too.
@@ -121,10 +147,16 @@ def write_gguf(path, family, seed):
     a = family
     w.add_uint32(f"{a}.context_length", CONTEXT)
     w.add_uint32(f"{a}.embedding_length", HIDDEN)
-    w.add_uint32(f"{a}.block_count", LAYERS)
+    w.add_uint32(f"{a}.block_count", layers(family))
     w.add_uint32(f"{a}.feed_forward_length", FFN)
     w.add_uint32(f"{a}.attention.head_count", HEADS)
-    w.add_uint32(f"{a}.attention.head_count_kv", KV_HEADS)
+    if family == "lfm2":
+        # Per layer; 0 marks a convolution layer.
+        kv = [0 if i in LFM2_CONV_LAYERS else KV_HEADS for i in range(layers(family))]
+        w.add_array(f"{a}.attention.head_count_kv", kv)
+        w.add_uint32(f"{a}.shortconv.l_cache", 3)
+    else:
+        w.add_uint32(f"{a}.attention.head_count_kv", KV_HEADS)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", EPS)
     w.add_float32(f"{a}.rope.freq_base", 10000.0 if family == "granite" else 1000000.0)
     w.add_uint32(f"{a}.attention.key_length", head_dim)
@@ -205,7 +237,7 @@ def record(path):
 def main():
     out = pathlib.Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    for seed, family in enumerate(["qwen2", "qwen3", "phi3", "granite"]):
+    for seed, family in enumerate(["qwen2", "qwen3", "phi3", "granite", "lfm2"]):
         f32 = out / f"{family}.f32.gguf"
         write_gguf(f32, family, 1000 + seed)
         q8 = out / f"{family}.q8_0.gguf"

@@ -11,10 +11,11 @@
 
 mod attention;
 pub mod cache;
+mod short_conv;
 pub mod spec;
 
 pub use cache::KvCache;
-pub use spec::{Gate, LayerAttention, MlpWeights, Parts, RopePairs, Spec};
+pub use spec::{Gate, LayerAttention, Mixer, MlpWeights, Parts, RopePairs, Spec};
 
 use super::weights::Weights;
 use super::EngineError;
@@ -45,13 +46,23 @@ impl Biases {
     }
 }
 
+type QkvBias = (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>);
+
+/// What mixes positions in a layer.
+enum Mix {
+    Attention {
+        /// q, k, v projections.
+        qkv: Group,
+        q_norm: Option<Vec<f32>>,
+        k_norm: Option<Vec<f32>>,
+        wo: Matrix,
+    },
+    ShortConv(short_conv::ShortConv),
+}
+
 struct Layer {
     attn_norm: Vec<f32>,
-    /// q, k, v projections.
-    qkv: Group,
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
-    wo: Matrix,
+    mix: Mix,
     post_attention_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     /// gate, up projections.
@@ -105,6 +116,51 @@ impl Decoder {
         // Per-pair frequency divisors (LLaMA 3's long-context RoPE; any
         // family llama.cpp builds with `rope_freqs`).
         let rope_factors = bias("rope_freqs.weight", spec.rope_dims / 2)?;
+        // The layer's position mixer, and its q/k/v biases if any.
+        let mixer = |i: usize, attn: &LayerAttention| -> Result<(Mix, QkvBias), EngineError> {
+            let p = |part: &str| format!("blk.{i}.{part}.weight");
+            let b = |part: &str| format!("blk.{i}.{part}.bias");
+            let optional = |part: Option<&str>, len| part.map(|n| norm(&p(n), len)).transpose();
+            if let Mixer::ShortConv { kernel } = attn.mixer {
+                let conv = short_conv::ShortConv::load(w, i, h, kernel)?;
+                return Ok((Mix::ShortConv(conv), (None, None, None)));
+            }
+            // Any family's q/k/v may come fused (llama.cpp's loader takes
+            // `attn_qkv` wherever it takes separate ones): split its rows.
+            let (qkv, qkv_bias) = if w.contains(&p("attn_qkv")) {
+                let rows = [q_out, kv_out, kv_out];
+                let parts = w.matrices(&p("attn_qkv"), &rows, h)?;
+                let fused_bias = bias(&b("attn_qkv"), q_out + 2 * kv_out)?;
+                let split = fused_bias.map(|v| {
+                    let (q, kv) = v.split_at(q_out);
+                    let (k, v) = kv.split_at(kv_out);
+                    (Some(q.to_vec()), Some(k.to_vec()), Some(v.to_vec()))
+                });
+                (parts, split)
+            } else {
+                let parts = vec![
+                    w.matrix(&p("attn_q"), q_out, h)?,
+                    w.matrix(&p("attn_k"), kv_out, h)?,
+                    w.matrix(&p("attn_v"), kv_out, h)?,
+                ];
+                (parts, None)
+            };
+            let qkv_bias = match qkv_bias {
+                Some(split) => split,
+                None => (
+                    bias(&b("attn_q"), q_out)?,
+                    bias(&b("attn_k"), kv_out)?,
+                    bias(&b("attn_v"), kv_out)?,
+                ),
+            };
+            let mix = Mix::Attention {
+                qkv: Group::new(qkv),
+                q_norm: optional(spec.parts.q_norm, hd)?,
+                k_norm: optional(spec.parts.k_norm, hd)?,
+                wo: w.matrix(&p("attn_output"), h, q_out)?,
+            };
+            Ok((mix, qkv_bias))
+        };
         let layers = spec
             .layers
             .iter()
@@ -113,34 +169,7 @@ impl Decoder {
                 let p = |part: &str| format!("blk.{i}.{part}.weight");
                 let b = |part: &str| format!("blk.{i}.{part}.bias");
                 let optional = |part: Option<&str>, len| part.map(|n| norm(&p(n), len)).transpose();
-                // Any family's q/k/v may come fused (llama.cpp's loader takes
-                // `attn_qkv` wherever it takes separate ones): split its rows.
-                let (qkv, qkv_bias) = if w.contains(&p("attn_qkv")) {
-                    let rows = [q_out, kv_out, kv_out];
-                    let parts = w.matrices(&p("attn_qkv"), &rows, h)?;
-                    let fused_bias = bias(&b("attn_qkv"), q_out + 2 * kv_out)?;
-                    let split = fused_bias.map(|v| {
-                        let (q, kv) = v.split_at(q_out);
-                        let (k, v) = kv.split_at(kv_out);
-                        (Some(q.to_vec()), Some(k.to_vec()), Some(v.to_vec()))
-                    });
-                    (parts, split)
-                } else {
-                    let parts = vec![
-                        w.matrix(&p("attn_q"), q_out, h)?,
-                        w.matrix(&p("attn_k"), kv_out, h)?,
-                        w.matrix(&p("attn_v"), kv_out, h)?,
-                    ];
-                    (parts, None)
-                };
-                let (q_b, k_b, v_b) = match qkv_bias {
-                    Some(split) => split,
-                    None => (
-                        bias(&b("attn_q"), q_out)?,
-                        bias(&b("attn_k"), kv_out)?,
-                        bias(&b("attn_v"), kv_out)?,
-                    ),
-                };
+                let (mix, (q_b, k_b, v_b)) = mixer(i, attn)?;
                 let gate_up = match spec.mlp_weights {
                     MlpWeights::Separate => vec![
                         w.matrix(&p("ffn_gate"), f, h)?,
@@ -150,10 +179,7 @@ impl Decoder {
                 };
                 Ok(Layer {
                     attn_norm: norm(&p("attn_norm"), h)?,
-                    qkv: Group::new(qkv),
-                    q_norm: optional(spec.parts.q_norm, hd)?,
-                    k_norm: optional(spec.parts.k_norm, hd)?,
-                    wo: w.matrix(&p("attn_output"), h, q_out)?,
+                    mix,
                     post_attention_norm: optional(spec.parts.post_attention_norm, h)?,
                     ffn_norm: norm(&p("ffn_norm"), h)?,
                     gate_up: Group::new(gate_up),
@@ -187,7 +213,7 @@ impl Decoder {
             embed: w.matrix("token_embd.weight", spec.vocab, h)?,
             head,
             head_bias: bias("output.bias", spec.vocab)?,
-            norm: norm("output_norm.weight", h)?,
+            norm: norm(&format!("{}.weight", spec.final_norm), h)?,
             layers,
             spec,
         })
@@ -199,8 +225,6 @@ impl Decoder {
             [
                 Some(&l.attn_norm),
                 Some(&l.ffn_norm),
-                l.q_norm.as_ref(),
-                l.k_norm.as_ref(),
                 l.post_attention_norm.as_ref(),
                 l.post_ffn_norm.as_ref(),
             ]
@@ -213,12 +237,19 @@ impl Decoder {
             .layers
             .iter()
             .map(|l| {
-                l.qkv.bytes()
-                    + l.gate_up.bytes()
-                    + l.wo.bytes()
-                    + l.down.bytes()
-                    + norms(l)
-                    + l.bias.bytes()
+                let mix = match &l.mix {
+                    Mix::Attention {
+                        qkv,
+                        q_norm,
+                        k_norm,
+                        wo,
+                    } => {
+                        let head_norms = [q_norm, k_norm].into_iter().flatten();
+                        qkv.bytes() + wo.bytes() + head_norms.map(|n| 4 * n.len()).sum::<usize>()
+                    }
+                    Mix::ShortConv(conv) => conv.bytes(),
+                };
+                mix + l.gate_up.bytes() + l.down.bytes() + norms(l) + l.bias.bytes()
             })
             .sum();
         layers
@@ -229,10 +260,15 @@ impl Decoder {
     }
 
     pub fn new_cache(&self) -> KvCache {
+        let conv_states = self.layers.iter().map(|l| match &l.mix {
+            Mix::ShortConv(conv) => conv.state_len(),
+            Mix::Attention { .. } => 0,
+        });
         KvCache::new(
             self.spec.layers.iter().map(|l| l.window),
             self.spec.kv_width(),
         )
+        .with_conv_states(conv_states)
     }
 
     /// Runs `tokens` after what `cache` holds; returns logits `[n, vocab]`
@@ -258,8 +294,13 @@ impl Decoder {
         let (mut gate, mut up) = (vec![0f32; n * s.ffn], vec![0f32; n * s.ffn]);
         for (i, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, s.eps, &mut normed);
-            let ctx = self.attention(layer, &normed, n, i, cache);
-            layer.wo.matmul(&ctx, n, &mut proj);
+            match &layer.mix {
+                Mix::Attention { wo, .. } => {
+                    let ctx = self.attention(layer, &normed, n, i, cache);
+                    wo.matmul(&ctx, n, &mut proj);
+                }
+                Mix::ShortConv(conv) => conv.forward(&normed, n, &mut cache.conv[i], &mut proj),
+            }
             add_bias(&mut proj, &layer.bias.wo);
             if let Some(w) = &layer.post_attention_norm {
                 rms_norm_in_place(&mut proj, w, s.eps);
@@ -316,18 +357,27 @@ impl Decoder {
         let s = &self.spec;
         let attn = &s.layers[index];
         let (q_w, kv_w) = (s.q_width(), s.kv_width());
+        let Mix::Attention {
+            qkv,
+            q_norm,
+            k_norm,
+            ..
+        } = &layer.mix
+        else {
+            unreachable!("forward calls attention on attention layers only")
+        };
         let start = cache.len;
         let mut q = vec![0f32; n * q_w];
         let mut k = vec![0f32; n * kv_w];
         let mut v = vec![0f32; n * kv_w];
-        layer.qkv.matmul(x, n, &mut [&mut q, &mut k, &mut v]);
+        qkv.matmul(x, n, &mut [&mut q, &mut k, &mut v]);
         add_bias(&mut q, &layer.bias.q);
         add_bias(&mut k, &layer.bias.k);
         add_bias(&mut v, &layer.bias.v);
-        if let Some(w) = &layer.q_norm {
+        if let Some(w) = q_norm {
             rms_norm_in_place(&mut q, w, s.eps);
         }
-        if let Some(w) = &layer.k_norm {
+        if let Some(w) = k_norm {
             rms_norm_in_place(&mut k, w, s.eps);
         }
         let rope = attention::Rope {

@@ -29,9 +29,19 @@ pub enum MlpWeights {
     FusedUp,
 }
 
-/// Attention of one layer.
+/// How a layer mixes positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mixer {
+    /// Self-attention over the KV cache.
+    Attention,
+    /// LFM2's gated short convolution over the last `kernel` positions.
+    ShortConv { kernel: usize },
+}
+
+/// Attention (or what replaces it) of one layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerAttention {
+    pub mixer: Mixer,
     pub rope_base: f32,
     /// Positions are multiplied by this before rotation (linear RoPE scaling).
     pub rope_position_scale: f32,
@@ -76,6 +86,8 @@ pub struct Spec {
     /// Largest number of positions.
     pub context: usize,
     pub eps: f32,
+    /// The final norm's tensor (`output_norm`; LFM2's converter names it `token_embd_norm`).
+    pub final_norm: &'static str,
     /// One per layer.
     pub layers: Vec<LayerAttention>,
     pub rope_pairs: RopePairs,

@@ -7,14 +7,17 @@
 //! - phi3: NeoX RoPE, fused `attn_qkv` (split by the decoder as for any
 //!   family) and one `ffn_up` holding gate and up;
 //! - granite: LLaMA (adjacent RoPE, q/k permuted by the converter) with
-//!   multipliers on embeddings, residual branches, attention scores and logits.
+//!   multipliers on embeddings, residual branches, attention scores and logits;
+//! - lfm2: gated short-convolution layers between attention layers (NeoX
+//!   RoPE, per-head q/k norms), final norm stored as `token_embd_norm`.
 
-use crate::engine::decoder::{Gate, LayerAttention, MlpWeights, Parts, RopePairs, Spec};
+use crate::engine::decoder::{Gate, LayerAttention, Mixer, MlpWeights, Parts, RopePairs, Spec};
 use crate::model::{LlamaLike, LlamaLikeConfig};
 
 pub fn spec(c: &LlamaLikeConfig) -> Spec {
     let b = &c.base;
     let layer = LayerAttention {
+        mixer: Mixer::Attention,
         rope_base: b.rope_theta as f32,
         rope_position_scale: 1.0,
         window: None,
@@ -32,6 +35,15 @@ pub fn spec(c: &LlamaLikeConfig) -> Spec {
         ),
         LlamaLike::Phi3 => (RopePairs::Halves, Parts::NONE, MlpWeights::FusedUp),
         LlamaLike::Granite => (RopePairs::Adjacent, Parts::NONE, MlpWeights::Separate),
+        LlamaLike::Lfm2 => (
+            RopePairs::Halves,
+            Parts {
+                q_norm: Some("attn_q_norm"),
+                k_norm: Some("attn_k_norm"),
+                ..Parts::NONE
+            },
+            MlpWeights::Separate,
+        ),
     };
     let head_dim = b.head_dim();
     Spec {
@@ -45,7 +57,22 @@ pub fn spec(c: &LlamaLikeConfig) -> Spec {
         rope_dims: c.rotary_dim(),
         context: b.max_position_embeddings,
         eps: b.rms_norm_eps as f32,
-        layers: vec![layer; b.num_hidden_layers],
+        final_norm: match c.kind {
+            LlamaLike::Lfm2 => "token_embd_norm",
+            _ => "output_norm",
+        },
+        layers: (0..b.num_hidden_layers)
+            .map(|i| match &c.short_conv {
+                Some(sc) if c.is_conv(i) => LayerAttention {
+                    mixer: Mixer::ShortConv { kernel: sc.kernel },
+                    ..layer.clone()
+                },
+                _ => LayerAttention {
+                    window: c.attention_window,
+                    ..layer.clone()
+                },
+            })
+            .collect(),
         rope_pairs,
         parts,
         gate: Gate::Silu,

@@ -9,7 +9,7 @@ use super::decoder::Spec;
 use crate::model::Architecture;
 
 /// Decoder families the engine runs, for messages.
-pub const DECODERS: &str = "llama, gemma3, qwen2, qwen3, phi3, granite";
+pub const DECODERS: &str = "llama, gemma3, qwen2, qwen3, phi3, granite, lfm2";
 
 /// The decoder spec of `arch`, when it is a decoder family we run.
 pub fn spec(arch: &Architecture) -> Option<Result<Spec, String>> {
