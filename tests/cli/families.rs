@@ -348,3 +348,100 @@ fn families_hf_safetensors_route_equals_the_gguf() {
         assert!(run(&hf) == run(&gguf), "{family}: HF route differs");
     }
 }
+
+/// `file` with metadata `key` set to `value` (and `extra`, an f32 tensor of
+/// ones, added when given), written to `out`.
+fn with_key(
+    file: &str,
+    key: &str,
+    value: edgeforge::format::gguf::MetaValue,
+    extra: Option<(&str, u64)>,
+    out: &Path,
+) {
+    use edgeforge::format::atomic::Overwrite;
+    use edgeforge::format::gguf::{GgmlType, GgufFile, GgufWriter};
+    let src = GgufFile::open(&fixture(file)).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata() {
+        if k != key {
+            w.add_kv(k, v.clone());
+        }
+    }
+    w.add_kv(key, value);
+    for t in src.tensors() {
+        w.add_tensor_info(&t.name, t.ggml_type, &t.dims).unwrap();
+    }
+    if let Some((name, len)) = extra {
+        w.add_tensor_info(name, GgmlType::F32, &[len]).unwrap();
+    }
+    let mut s = w.create(out, Overwrite::Deny).unwrap();
+    for t in src.tensors() {
+        s.write_tensor(src.tensor_data(t)).unwrap();
+    }
+    if let Some((_, len)) = extra {
+        s.write_tensor(&1f32.to_le_bytes().repeat(len as usize))
+            .unwrap();
+    }
+    s.finish().unwrap();
+}
+
+#[test]
+fn impossible_family_hyperparameters_exit_2_naming_the_number() {
+    use edgeforge::format::gguf::MetaValue;
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "qwen2",
+            "qwen2.attention.head_count_kv",
+            MetaValue::U32(3),
+            None,
+            "num_key_value_heads = 3 does not divide",
+        ),
+        (
+            "phi3",
+            "phi3.rope.dimension_count",
+            MetaValue::U32(15),
+            None,
+            "rotary dimension 15",
+        ),
+        (
+            "granite",
+            "granite.logit_scale",
+            MetaValue::F32(0.0),
+            None,
+            "logits_scaling = 0",
+        ),
+        (
+            "lfm2",
+            "lfm2.shortconv.l_cache",
+            MetaValue::U32(0),
+            None,
+            "shortconv.l_cache = 0",
+        ),
+        // Phi-3 128k's LongRoPE factors: refused, not ignored.
+        (
+            "phi3",
+            "phi3.rope.dimension_count",
+            MetaValue::U32(12),
+            Some(("rope_factors_long.weight", 6)),
+            "LongRoPE",
+        ),
+    ];
+    for (i, (family, key, value, extra, needle)) in cases.into_iter().enumerate() {
+        let out = dir.path().join(format!("{i}.{family}.gguf"));
+        with_key(&format!("{family}.f32.gguf"), key, value, extra, &out);
+        let run = edgeforge()
+            .args(["run", "generate"])
+            .arg(&out)
+            .args(["-p", "the"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{family}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(needle) && err.contains(&format!("{family}.gguf")),
+            "{err}"
+        );
+    }
+}
