@@ -55,7 +55,7 @@ impl LlamaLike {
 /// A LLaMA-derived decoder's hyperparameters.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LlamaLikeConfig {
-    #[serde(skip)]
+    /// Serialized beside `"family": "llama-like"` (inspect's JSON).
     pub kind: LlamaLike,
     #[serde(flatten)]
     pub base: LlamaConfig,
@@ -275,6 +275,9 @@ impl LlamaLikeConfig {
     /// The HF `config.json` this config reads back from.
     pub fn to_hf_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("configs serialize");
+        if let Some(map) = v.as_object_mut() {
+            map.remove("kind");
+        }
         v["model_type"] = self.kind.name().into();
         if let Some(rot) = self.rotary_dim {
             v["partial_rotary_factor"] = (rot as f64 / self.base.head_dim() as f64).into();

@@ -151,6 +151,11 @@ fn families_match_llama_cpp_logits_and_greedy_tokens() {
             let rec = recording(&file);
             let model = Model::open(&fixture(&file)).unwrap();
             assert_eq!(model.architecture.name(), family);
+            let described = serde_json::to_value(&model.architecture).unwrap();
+            assert_eq!(
+                (described["family"].as_str(), described["kind"].as_str()),
+                (Some("llama-like"), Some(family))
+            );
             let engine = Engine::load(&model).unwrap();
             let d = decoder(&engine);
             assert_eq!(d.spec.family, family);
