@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::format::gguf::{MetaArray, MetaValue};
-use crate::model::{Architecture, Model};
+use crate::model::{Architecture, LlamaLike, Model};
 
 /// llama.cpp's `general.file_type` values (`LLAMA_FTYPE_*`) for a plan's main scheme.
 pub fn file_type(scheme_name: &str) -> u32 {
@@ -43,6 +43,9 @@ pub fn tensor_name(arch: &Architecture, hf: &str) -> Option<String> {
                     | "position_embd"
                     | "token_types"
                     | "token_embd_norm"
+                    | "rope_freqs"
+                    | "rope_factors_long"
+                    | "rope_factors_short"
             )
         )
     {
@@ -81,7 +84,7 @@ pub fn tensor_name(arch: &Architecture, hf: &str) -> Option<String> {
                 }
             }
         }
-        Architecture::Llama(_) => match stem {
+        Architecture::Llama(_) | Architecture::LlamaLike(_) => match stem {
             "model.embed_tokens" => "token_embd".to_string(),
             "model.norm" => "output_norm".to_string(),
             "lm_head" => "output".to_string(),
@@ -97,6 +100,11 @@ pub fn tensor_name(arch: &Architecture, hf: &str) -> Option<String> {
                     "mlp.gate_proj" => "ffn_gate",
                     "mlp.up_proj" => "ffn_up",
                     "mlp.down_proj" => "ffn_down",
+                    // Qwen3's per-head norms; Phi-3's fused projections.
+                    "self_attn.q_norm" => "attn_q_norm",
+                    "self_attn.k_norm" => "attn_k_norm",
+                    "self_attn.qkv_proj" => "attn_qkv",
+                    "mlp.gate_up_proj" => "ffn_up",
                     _ => return None,
                 };
                 format!("blk.{n}.{part}")
@@ -141,8 +149,11 @@ pub fn tensor_name(arch: &Architecture, hf: &str) -> Option<String> {
 /// `[d/2..d)` are interleaved. Returns the source row for each output row,
 /// or `None` when the tensor is not permuted.
 pub fn qk_row_order(arch: &Architecture, hf: &str, rows: usize) -> Option<Vec<usize>> {
-    let Architecture::Llama(c) = arch else {
-        return None;
+    // Granite's converter is LLaMA's; Qwen and Phi-3 keep HF's order (NeoX RoPE).
+    let c = match arch {
+        Architecture::Llama(c) => c,
+        Architecture::LlamaLike(c) if c.kind == LlamaLike::Granite => &c.base,
+        _ => return None,
     };
     let heads = if hf.ends_with("self_attn.q_proj.weight") {
         c.num_attention_heads
@@ -218,6 +229,38 @@ pub fn hf_metadata(
             put("general.file_type", MetaValue::U32(file_type));
             put("llama.vocab_size", u32v(c.vocab_size));
             put("llama.rope.dimension_count", u32v(c.head_dim()));
+        }
+        Architecture::LlamaLike(c) => {
+            let arch = c.kind.name();
+            let b = &c.base;
+            let key = |k: &str| format!("{arch}.{k}");
+            put("general.architecture", MetaValue::String(arch.into()));
+            put("general.name", MetaValue::String(name.into()));
+            put(&key("block_count"), u32v(b.num_hidden_layers));
+            put(&key("context_length"), u32v(b.max_position_embeddings));
+            put(&key("embedding_length"), u32v(b.hidden_size));
+            put(&key("feed_forward_length"), u32v(b.intermediate_size));
+            put(&key("attention.head_count"), u32v(b.num_attention_heads));
+            put(&key("attention.head_count_kv"), u32v(b.kv_heads()));
+            put(&key("rope.freq_base"), MetaValue::F32(b.rope_theta as f32));
+            put(
+                &key("attention.layer_norm_rms_epsilon"),
+                MetaValue::F32(b.rms_norm_eps as f32),
+            );
+            put(&key("attention.key_length"), u32v(b.head_dim()));
+            put(&key("attention.value_length"), u32v(b.head_dim()));
+            put(&key("rope.dimension_count"), u32v(c.rotary_dim()));
+            for (k, v) in [
+                ("embedding_scale", c.embedding_multiplier),
+                ("residual_scale", c.residual_multiplier),
+                ("attention.scale", c.attention_multiplier),
+                ("logit_scale", c.logits_scaling),
+            ] {
+                if let Some(v) = v {
+                    put(&key(k), MetaValue::F32(v as f32));
+                }
+            }
+            put("general.file_type", MetaValue::U32(file_type));
         }
         Architecture::Gemma3(_) => {
             // llama.cpp's converter also adds 1 to every Gemma norm weight;

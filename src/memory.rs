@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::model::Architecture;
+use crate::model::{Architecture, LlamaLikeConfig};
 
 /// Bytes per KV-cache element: llama.cpp's default cache type is F16.
 pub const KV_CACHE_ELEM_BYTES: u64 = 2;
@@ -17,6 +17,19 @@ pub fn kv_cache_bytes(arch: &Architecture, context: u64) -> u64 {
             let per_token =
                 c.num_hidden_layers as u64 * c.kv_heads() as u64 * c.head_dim() as u64 * 2;
             per_token * context * KV_CACHE_ELEM_BYTES
+        }
+        Architecture::LlamaLike(c) => {
+            let b = &c.base;
+            let per_position = b.kv_heads() as u64 * b.head_dim() as u64 * 2;
+            let window = c
+                .attention_window
+                .map_or(context, |w| context.min(w as u64));
+            let attention = (0..b.num_hidden_layers).filter(|&i| !c.is_conv(i)).count() as u64;
+            // LFM2's convolution layers keep (kernel - 1) positions of f32 per channel.
+            let conv = c.short_conv.as_ref().map_or(0, |s| {
+                s.layers.len() as u64 * (s.kernel as u64 - 1) * b.hidden_size as u64 * 4
+            });
+            per_position * attention * window * KV_CACHE_ELEM_BYTES + conv
         }
         Architecture::Gemma3(c) => {
             let per_position = c.num_key_value_heads as u64 * c.head_dim as u64 * 2;
@@ -36,6 +49,7 @@ pub fn kv_cache_bytes(arch: &Architecture, context: u64) -> u64 {
 pub fn max_context(arch: &Architecture) -> Option<u64> {
     match arch {
         Architecture::Llama(c) => Some(c.max_position_embeddings as u64),
+        Architecture::LlamaLike(c) => Some(c.base.max_position_embeddings as u64),
         Architecture::Gemma3(c) => Some(c.max_position_embeddings as u64),
         Architecture::Bert(c) => Some(c.max_position_embeddings as u64),
         Architecture::Other { .. } => None,
@@ -47,20 +61,18 @@ pub fn max_context(arch: &Architecture) -> Option<u64> {
 /// scores (heads × context × context), which dominate for encoders.
 pub fn activation_bytes(arch: &Architecture, context: u64) -> u64 {
     let (hidden, ffn, heads) = match arch {
-        Architecture::Llama(c) => (c.hidden_size, c.intermediate_size, c.num_attention_heads),
+        Architecture::Llama(c) | Architecture::LlamaLike(LlamaLikeConfig { base: c, .. }) => {
+            (c.hidden_size, c.intermediate_size, c.num_attention_heads)
+        }
         Architecture::Gemma3(c) => (c.hidden_size, c.intermediate_size, c.num_attention_heads),
         Architecture::Bert(c) => (c.hidden_size, c.intermediate_size, c.num_attention_heads),
         Architecture::Other { .. } => return 0,
     };
     // A decoder attends one new token against the cache; an encoder builds the
     // full context × context score matrix.
-    let scores = match arch {
-        Architecture::Llama(_) | Architecture::Gemma3(_) => heads as u64 * context,
-        _ => heads as u64 * context * context,
-    };
-    let rows = match arch {
-        Architecture::Llama(_) | Architecture::Gemma3(_) => 1,
-        _ => context,
+    let (scores, rows) = match arch.is_decoder() {
+        true => (heads as u64 * context, 1),
+        false => (heads as u64 * context * context, context),
     };
     4 * (rows * (4 * hidden as u64 + 2 * ffn as u64) + scores)
 }

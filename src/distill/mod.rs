@@ -153,7 +153,7 @@ fn prepare(recipe_path: &Path) -> Result<Prepared, DistillError> {
     let teacher = Model::open(&teacher_dir)?;
     let teacher_config = match &teacher.architecture {
         Architecture::Bert(c) => c.clone(),
-        Architecture::Llama(_) | Architecture::Gemma3(_) => {
+        Architecture::Llama(_) | Architecture::Gemma3(_) | Architecture::LlamaLike(_) => {
             return Err(DistillError::at(
                 &teacher_dir,
                 "decoder distillation (KL on logits) is not supported yet: teachers must be BERT-style encoders",

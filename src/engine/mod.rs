@@ -28,7 +28,8 @@ pub use tokenizer::TextTokenizer;
 use weights::Weights;
 
 /// Families the engine runs, for error messages.
-pub const SUPPORTED: &str = "bert (encoder); llama, gemma3 (decoders)";
+pub const SUPPORTED: &str =
+    "bert (encoder); llama, gemma3, qwen2, qwen3, phi3, granite, lfm2 (decoders)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -129,6 +130,7 @@ impl Engine {
             Architecture::Bert(c) => c.vocab_size,
             Architecture::Llama(c) => c.vocab_size,
             Architecture::Gemma3(c) => c.vocab_size,
+            Architecture::LlamaLike(c) => c.base.vocab_size,
             Architecture::Other { .. } => usize::MAX,
         };
         // A token id past the embedding table would index out of it.

@@ -51,6 +51,11 @@ impl<'m> Weights<'m> {
         }
     }
 
+    /// The model's path, for messages.
+    pub fn path(&self) -> &std::path::Path {
+        &self.model.path
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
@@ -91,6 +96,48 @@ impl<'m> Weights<'m> {
         }
         let dense = self.get(name, &[rows, cols])?;
         Ok(Matrix::from_f32(dense.data, rows, cols))
+    }
+
+    /// A fused `[sum(rows), cols]` tensor (Phi-3's `attn_qkv`, its gate+up
+    /// `ffn_up`) cut into consecutive `[rows[i], cols]` matrices. Block
+    /// formats are cut between whole rows and stay packed.
+    pub fn matrices(
+        &self,
+        name: &str,
+        rows: &[usize],
+        cols: usize,
+    ) -> Result<Vec<Matrix>, EngineError> {
+        let total: usize = rows.iter().sum();
+        let tensor = self.lookup(name)?;
+        if let (TensorDtype::Ggml(ty), true) =
+            (tensor.dtype, tensor.shape == [total as u64, cols as u64])
+        {
+            let bytes = self.model.tensor_bytes(tensor);
+            let row_bytes = bytes.len() / total.max(1);
+            let mut at = 0;
+            return rows
+                .iter()
+                .map(|&r| {
+                    let part = &bytes[at * row_bytes..(at + r) * row_bytes];
+                    at += r;
+                    Matrix::from_ggml(ty, part, r, cols).map_err(|e| EngineError::BadTensor {
+                        path: self.model.path.clone(),
+                        name: tensor.name.clone(),
+                        message: e.to_string(),
+                    })
+                })
+                .collect();
+        }
+        let dense = self.get(name, &[total, cols])?;
+        let mut at = 0;
+        Ok(rows
+            .iter()
+            .map(|&r| {
+                let part = dense.data[at * cols..(at + r) * cols].to_vec();
+                at += r;
+                Matrix::from_f32(part, r, cols)
+            })
+            .collect())
     }
 
     fn lookup(&self, name: &str) -> Result<&'m Tensor, EngineError> {

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use super::gemma3::Gemma3Config;
+pub use super::llama_like::{LlamaLike, LlamaLikeConfig};
 
 /// A BERT-style encoder (post-LayerNorm blocks, GELU, learned positions).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +81,9 @@ pub enum Architecture {
     Bert(BertConfig),
     Llama(LlamaConfig),
     Gemma3(Gemma3Config),
+    /// Qwen2, Qwen3, Phi-3, Granite: LLaMA's sizes plus the family's switches.
+    #[serde(rename = "llama-like")]
+    LlamaLike(LlamaLikeConfig),
     /// A model we can inspect and quantize but not run: its declared type.
     Other {
         name: String,
@@ -93,13 +97,26 @@ impl Architecture {
             Architecture::Bert(_) => "bert",
             Architecture::Llama(_) => "llama",
             Architecture::Gemma3(_) => "gemma3",
+            Architecture::LlamaLike(c) => c.kind.name(),
             Architecture::Other { name } => name,
         }
     }
 
     /// Whether this is a family the engine decodes with (generates text).
     pub fn is_decoder(&self) -> bool {
-        matches!(self, Architecture::Llama(_) | Architecture::Gemma3(_))
+        matches!(
+            self,
+            Architecture::Llama(_) | Architecture::Gemma3(_) | Architecture::LlamaLike(_)
+        )
+    }
+
+    /// The LLaMA sizes of LLaMA and the families derived from it.
+    pub fn llama_sizes(&self) -> Option<&LlamaConfig> {
+        match self {
+            Architecture::Llama(c) => Some(c),
+            Architecture::LlamaLike(c) => Some(&c.base),
+            _ => None,
+        }
     }
 
     /// Number of transformer blocks, when known.
@@ -108,6 +125,7 @@ impl Architecture {
             Architecture::Bert(c) => Some(c.num_hidden_layers),
             Architecture::Llama(c) => Some(c.num_hidden_layers),
             Architecture::Gemma3(c) => Some(c.num_hidden_layers),
+            Architecture::LlamaLike(c) => Some(c.base.num_hidden_layers),
             Architecture::Other { .. } => None,
         }
     }
@@ -118,6 +136,7 @@ impl Architecture {
             Architecture::Bert(c) => Some(c.hidden_size),
             Architecture::Llama(c) => Some(c.hidden_size),
             Architecture::Gemma3(c) => Some(c.hidden_size),
+            Architecture::LlamaLike(c) => Some(c.base.hidden_size),
             Architecture::Other { .. } => None,
         }
     }
@@ -156,6 +175,18 @@ impl Architecture {
                 c.intermediate_size,
                 c.vocab_size,
                 c.max_position_embeddings
+            ),
+            Architecture::LlamaLike(c) => format!(
+                "{} decoder: {} blocks, d_model {}, {} heads / {} kv heads, head dim {}, ffn {}, vocab {}, context {}",
+                c.kind.name(),
+                c.base.num_hidden_layers,
+                c.base.hidden_size,
+                c.base.num_attention_heads,
+                c.base.kv_heads(),
+                c.base.head_dim(),
+                c.base.intermediate_size,
+                c.base.vocab_size,
+                c.base.max_position_embeddings
             ),
             Architecture::Other { name } => format!("{name} (not a family edgeforge runs)"),
         }
@@ -291,6 +322,7 @@ impl Architecture {
             Architecture::Bert(c) => c.check(),
             Architecture::Llama(c) => c.check(),
             Architecture::Gemma3(c) => c.check(),
+            Architecture::LlamaLike(c) => c.check(),
             Architecture::Other { .. } => Ok(()),
         }
     }
@@ -314,12 +346,18 @@ pub fn from_hf_config(text: &str) -> Result<Architecture, String> {
         "bert" => Ok(Architecture::Bert(
             serde_json::from_str(text).map_err(typed)?,
         )),
-        // Mistral is LLaMA with a sliding window (llama.cpp converts it as llama);
-        // qwen2 adds q/k/v biases and NeoX RoPE, so it is not one of ours.
+        // Mistral is LLaMA with a sliding window (llama.cpp converts it as llama).
         "llama" | "mistral" => Ok(Architecture::Llama(
             serde_json::from_str(text).map_err(typed)?,
         )),
         "gemma3_text" | "gemma3" => Ok(Architecture::Gemma3(Gemma3Config::from_hf(text)?)),
+        // LFM2's HF config (layer types, FFN width adjustment) is not read yet.
+        name if LlamaLike::from_name(name).is_some_and(|k| k != LlamaLike::Lfm2) => {
+            let kind = LlamaLike::from_name(name).expect("matched above");
+            Ok(Architecture::LlamaLike(LlamaLikeConfig::from_hf(
+                kind, text,
+            )?))
+        }
         other => Ok(Architecture::Other {
             name: other.to_string(),
         }),

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod gemma3;
+pub mod llama_like;
 pub mod role;
 pub mod summary;
 
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use config::{Architecture, BertConfig, Gemma3Config, LlamaConfig};
+pub use config::{Architecture, BertConfig, Gemma3Config, LlamaConfig, LlamaLike, LlamaLikeConfig};
 pub use role::TensorRole;
 
 use crate::format::gguf::{GgmlType, GgufFile, MetaValue};
@@ -161,6 +162,9 @@ impl Model {
                 v["model_type"] = "llama".into();
                 v
             }),
+            // LFM2's HF config is not one we read back.
+            Architecture::LlamaLike(c) if c.kind == LlamaLike::Lfm2 => return Ok(out),
+            Architecture::LlamaLike(c) => Ok(c.to_hf_json()),
             // Gemma-3's HF config has nested text settings our own type does
             // not round-trip: its safetensors outputs keep side files instead.
             Architecture::Gemma3(_) | Architecture::Other { .. } => return Ok(out),
@@ -413,6 +417,11 @@ pub fn gguf_architecture(file: &GgufFile) -> Architecture {
     if arch == "gemma3" {
         if let Some(c) = Gemma3Config::from_gguf(file, vocab) {
             return Architecture::Gemma3(c);
+        }
+    }
+    if let Some(kind) = LlamaLike::from_name(&arch) {
+        if let Some(c) = LlamaLikeConfig::from_gguf(kind, file, vocab) {
+            return Architecture::LlamaLike(c);
         }
     }
     let parsed = (|| -> Option<Architecture> {

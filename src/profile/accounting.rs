@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::memory::Footprint;
-use crate::model::{Architecture, Model, TensorRole};
+use crate::model::{Architecture, LlamaLikeConfig, Model, TensorRole};
 use crate::quant::plan::{self, Constraints, Plan, Preset};
 use crate::target::Target;
 
@@ -29,7 +29,7 @@ pub fn forward_flops(model: &Model, tokens: u64, context: u64) -> f64 {
     // (a sliding-window layer at most its window).
     let attended: Vec<(usize, u64)> = match &model.architecture {
         Architecture::Bert(c) => vec![(c.hidden_size, context); c.num_hidden_layers],
-        Architecture::Llama(c) => {
+        Architecture::Llama(c) | Architecture::LlamaLike(LlamaLikeConfig { base: c, .. }) => {
             vec![(c.num_attention_heads * c.head_dim(), context); c.num_hidden_layers]
         }
         Architecture::Gemma3(c) => (0..c.num_hidden_layers)
@@ -75,6 +75,7 @@ pub fn forward_flops(model: &Model, tokens: u64, context: u64) -> f64 {
     let tied_head = match &model.architecture {
         Architecture::Llama(c) if untied => (c.vocab_size * c.hidden_size) as u64,
         Architecture::Gemma3(c) if untied => (c.vocab_size * c.hidden_size) as u64,
+        Architecture::LlamaLike(c) if untied => (c.base.vocab_size * c.base.hidden_size) as u64,
         _ => 0,
     };
     let attention: f64 = attended

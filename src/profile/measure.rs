@@ -70,6 +70,7 @@ pub fn measure(
         crate::model::Architecture::Bert(c) => c.vocab_size,
         crate::model::Architecture::Llama(c) => c.vocab_size,
         crate::model::Architecture::Gemma3(c) => c.vocab_size,
+        crate::model::Architecture::LlamaLike(c) => c.base.vocab_size,
         crate::model::Architecture::Other { .. } => 1000,
     } as u32;
     let mut m = Measurement {

@@ -451,7 +451,10 @@ fn unsupported_architecture_exits_2_naming_it_and_the_supported_ones() {
         err.contains("rwkv6")
             && err.contains("bert")
             && err.contains("llama")
-            && err.contains("gemma3"),
+            && err.contains("gemma3")
+            && ["qwen2", "qwen3", "phi3", "granite", "lfm2"]
+                .iter()
+                .all(|f| err.contains(f)),
         "{err}"
     );
     assert!(err.contains("rwkv.gguf"), "{err}");

@@ -6,6 +6,7 @@ mod common;
 mod distill;
 mod distribution;
 mod engine;
+mod families;
 mod fed;
 mod gemma3;
 mod gguf;

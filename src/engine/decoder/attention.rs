@@ -10,12 +10,15 @@ use super::spec::{RopePairs, Spec};
 pub(super) struct Rope<'a> {
     pub freqs: &'a [f32],
     pub pairs: RopePairs,
+    /// Leading values of a head that rotate; the rest pass through.
+    pub dims: usize,
     pub position_scale: f32,
 }
 
 impl Rope<'_> {
     /// Rotates each pair i of `head` by `pos * freq_i`.
     pub fn rotate(&self, head: &mut [f32], pos: f32) {
+        let head = &mut head[..self.dims];
         let pos = pos * self.position_scale;
         let turn = |a: f32, b: f32, freq: f32| {
             let (sin, cos) = (pos * freq).sin_cos();

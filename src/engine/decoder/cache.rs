@@ -64,6 +64,8 @@ impl LayerCache {
 #[derive(Debug, Clone)]
 pub struct KvCache {
     pub(super) layers: Vec<LayerCache>,
+    /// Per layer, a convolution layer's last positions in f32 (LFM2; empty for attention).
+    pub(super) conv: Vec<Vec<f32>>,
     pub len: usize,
 }
 
@@ -71,16 +73,26 @@ impl KvCache {
     pub(super) fn new(windows: impl Iterator<Item = Option<usize>>, width: usize) -> Self {
         Self {
             layers: windows.map(|w| LayerCache::new(w, width)).collect(),
+            conv: Vec::new(),
             len: 0,
         }
     }
 
-    /// Bytes this cache would take stored as f16.
+    /// Zeroed convolution states of `sizes` floats, one per layer.
+    pub(super) fn with_conv_states(mut self, sizes: impl Iterator<Item = usize>) -> Self {
+        self.conv = sizes.map(|n| vec![0f32; n]).collect();
+        self
+    }
+
+    /// Bytes this cache would take with keys and values stored as f16
+    /// (convolution states as f32).
     pub fn bytes(&self) -> usize {
-        self.layers
+        let kv: usize = self
+            .layers
             .iter()
             .map(|l| l.positions() * l.width * 2 * 2)
-            .sum()
+            .sum();
+        kv + self.conv.iter().map(|c| 4 * c.len()).sum::<usize>()
     }
 }
 

@@ -11,28 +11,65 @@
 
 mod attention;
 pub mod cache;
+mod short_conv;
 pub mod spec;
 
 pub use cache::KvCache;
-pub use spec::{Gate, LayerAttention, Parts, RopePairs, Spec};
+pub use spec::{Gate, LayerAttention, Mixer, MlpWeights, Parts, RopePairs, Spec};
 
 use super::weights::Weights;
 use super::EngineError;
 use crate::kernels::{Group, Matrix};
 
+/// Biases a file may carry (llama.cpp loads each when present, for any
+/// family: Qwen2's q/k/v, Granite's optional output and MLP biases).
+#[derive(Default)]
+struct Biases {
+    q: Option<Vec<f32>>,
+    k: Option<Vec<f32>>,
+    v: Option<Vec<f32>>,
+    wo: Option<Vec<f32>>,
+    gate: Option<Vec<f32>>,
+    up: Option<Vec<f32>>,
+    down: Option<Vec<f32>>,
+}
+
+impl Biases {
+    fn bytes(&self) -> usize {
+        [
+            &self.q, &self.k, &self.v, &self.wo, &self.gate, &self.up, &self.down,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|b| 4 * b.len())
+        .sum()
+    }
+}
+
+type QkvBias = (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>);
+
+/// What mixes positions in a layer.
+enum Mix {
+    Attention {
+        /// q, k, v projections.
+        qkv: Group,
+        q_norm: Option<Vec<f32>>,
+        k_norm: Option<Vec<f32>>,
+        wo: Matrix,
+    },
+    ShortConv(short_conv::ShortConv),
+}
+
 struct Layer {
     attn_norm: Vec<f32>,
-    /// q, k, v projections.
-    qkv: Group,
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
-    wo: Matrix,
+    mix: Mix,
     post_attention_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     /// gate, up projections.
     gate_up: Group,
     down: Matrix,
     post_ffn_norm: Option<Vec<f32>>,
+    bias: Biases,
     /// Per pair i of a head: the rotation frequency `base^(-2i/d)`.
     freqs: Vec<f32>,
 }
@@ -42,6 +79,7 @@ pub struct Decoder {
     embed: Matrix,
     /// `None`: tied to `embed`.
     head: Option<Matrix>,
+    head_bias: Option<Vec<f32>>,
     norm: Vec<f32>,
     layers: Vec<Layer>,
 }
@@ -57,32 +95,112 @@ impl Decoder {
             }
             Ok::<_, EngineError>(d)
         };
+        let bias = |name: &str, len: usize| {
+            w.contains(name)
+                .then(|| w.get(name, &[len]).map(|d| d.data))
+                .transpose()
+        };
+        for longrope in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+            if w.contains(longrope) {
+                // llama.cpp picks long or short factors by the context a run
+                // asks for, and scales attention with them: not done yet.
+                return Err(EngineError::Usage {
+                    path: w.path().to_path_buf(),
+                    message: format!(
+                        "{}: LongRoPE (`{longrope}`, Phi-3 128k contexts) is not supported yet",
+                        spec.family
+                    ),
+                });
+            }
+        }
+        // Per-pair frequency divisors (LLaMA 3's long-context RoPE; any
+        // family llama.cpp builds with `rope_freqs`).
+        let rope_factors = bias("rope_freqs.weight", spec.rope_dims / 2)?;
+        // The layer's position mixer, and its q/k/v biases if any.
+        let mixer = |i: usize, attn: &LayerAttention| -> Result<(Mix, QkvBias), EngineError> {
+            let p = |part: &str| format!("blk.{i}.{part}.weight");
+            let b = |part: &str| format!("blk.{i}.{part}.bias");
+            let optional = |part: Option<&str>, len| part.map(|n| norm(&p(n), len)).transpose();
+            if let Mixer::ShortConv { kernel } = attn.mixer {
+                let conv = short_conv::ShortConv::load(w, i, h, kernel)?;
+                return Ok((Mix::ShortConv(conv), (None, None, None)));
+            }
+            // Any family's q/k/v may come fused (llama.cpp's loader takes
+            // `attn_qkv` wherever it takes separate ones): split its rows.
+            let (qkv, qkv_bias) = if w.contains(&p("attn_qkv")) {
+                let rows = [q_out, kv_out, kv_out];
+                let parts = w.matrices(&p("attn_qkv"), &rows, h)?;
+                let fused_bias = bias(&b("attn_qkv"), q_out + 2 * kv_out)?;
+                let split = fused_bias.map(|v| {
+                    let (q, kv) = v.split_at(q_out);
+                    let (k, v) = kv.split_at(kv_out);
+                    (Some(q.to_vec()), Some(k.to_vec()), Some(v.to_vec()))
+                });
+                (parts, split)
+            } else {
+                let parts = vec![
+                    w.matrix(&p("attn_q"), q_out, h)?,
+                    w.matrix(&p("attn_k"), kv_out, h)?,
+                    w.matrix(&p("attn_v"), kv_out, h)?,
+                ];
+                (parts, None)
+            };
+            let qkv_bias = match qkv_bias {
+                Some(split) => split,
+                None => (
+                    bias(&b("attn_q"), q_out)?,
+                    bias(&b("attn_k"), kv_out)?,
+                    bias(&b("attn_v"), kv_out)?,
+                ),
+            };
+            let mix = Mix::Attention {
+                qkv: Group::new(qkv),
+                q_norm: optional(spec.parts.q_norm, hd)?,
+                k_norm: optional(spec.parts.k_norm, hd)?,
+                wo: w.matrix(&p("attn_output"), h, q_out)?,
+            };
+            Ok((mix, qkv_bias))
+        };
         let layers = spec
             .layers
             .iter()
             .enumerate()
             .map(|(i, attn)| {
                 let p = |part: &str| format!("blk.{i}.{part}.weight");
+                let b = |part: &str| format!("blk.{i}.{part}.bias");
                 let optional = |part: Option<&str>, len| part.map(|n| norm(&p(n), len)).transpose();
-                Ok(Layer {
-                    attn_norm: norm(&p("attn_norm"), h)?,
-                    qkv: Group::new(vec![
-                        w.matrix(&p("attn_q"), q_out, h)?,
-                        w.matrix(&p("attn_k"), kv_out, h)?,
-                        w.matrix(&p("attn_v"), kv_out, h)?,
-                    ]),
-                    q_norm: optional(spec.parts.q_norm, hd)?,
-                    k_norm: optional(spec.parts.k_norm, hd)?,
-                    wo: w.matrix(&p("attn_output"), h, q_out)?,
-                    post_attention_norm: optional(spec.parts.post_attention_norm, h)?,
-                    ffn_norm: norm(&p("ffn_norm"), h)?,
-                    gate_up: Group::new(vec![
+                let (mix, (q_b, k_b, v_b)) = mixer(i, attn)?;
+                let gate_up = match spec.mlp_weights {
+                    MlpWeights::Separate => vec![
                         w.matrix(&p("ffn_gate"), f, h)?,
                         w.matrix(&p("ffn_up"), f, h)?,
-                    ]),
+                    ],
+                    MlpWeights::FusedUp => w.matrices(&p("ffn_up"), &[f, f], h)?,
+                };
+                Ok(Layer {
+                    attn_norm: norm(&p("attn_norm"), h)?,
+                    mix,
+                    post_attention_norm: optional(spec.parts.post_attention_norm, h)?,
+                    ffn_norm: norm(&p("ffn_norm"), h)?,
+                    gate_up: Group::new(gate_up),
                     down: w.matrix(&p("ffn_down"), h, f)?,
                     post_ffn_norm: optional(spec.parts.post_ffn_norm, h)?,
-                    freqs: rope_freqs(attn.rope_base, hd),
+                    bias: Biases {
+                        q: q_b,
+                        k: k_b,
+                        v: v_b,
+                        wo: bias(&b("attn_output"), h)?,
+                        gate: match spec.mlp_weights {
+                            MlpWeights::Separate => bias(&b("ffn_gate"), f)?,
+                            MlpWeights::FusedUp => None,
+                        },
+                        up: match spec.mlp_weights {
+                            MlpWeights::Separate => bias(&b("ffn_up"), f)?,
+                            MlpWeights::FusedUp => None,
+                        },
+                        down: bias(&b("ffn_down"), h)?,
+                    },
+                    freqs: rope_freqs(attn.rope_base, spec.rope_dims, rope_factors.as_deref()),
                 })
             })
             .collect::<Result<_, EngineError>>()?;
@@ -94,7 +212,8 @@ impl Decoder {
         Ok(Self {
             embed: w.matrix("token_embd.weight", spec.vocab, h)?,
             head,
-            norm: norm("output_norm.weight", h)?,
+            head_bias: bias("output.bias", spec.vocab)?,
+            norm: norm(&format!("{}.weight", spec.final_norm), h)?,
             layers,
             spec,
         })
@@ -106,8 +225,6 @@ impl Decoder {
             [
                 Some(&l.attn_norm),
                 Some(&l.ffn_norm),
-                l.q_norm.as_ref(),
-                l.k_norm.as_ref(),
                 l.post_attention_norm.as_ref(),
                 l.post_ffn_norm.as_ref(),
             ]
@@ -119,19 +236,39 @@ impl Decoder {
         let layers: usize = self
             .layers
             .iter()
-            .map(|l| l.qkv.bytes() + l.gate_up.bytes() + l.wo.bytes() + l.down.bytes() + norms(l))
+            .map(|l| {
+                let mix = match &l.mix {
+                    Mix::Attention {
+                        qkv,
+                        q_norm,
+                        k_norm,
+                        wo,
+                    } => {
+                        let head_norms = [q_norm, k_norm].into_iter().flatten();
+                        qkv.bytes() + wo.bytes() + head_norms.map(|n| 4 * n.len()).sum::<usize>()
+                    }
+                    Mix::ShortConv(conv) => conv.bytes(),
+                };
+                mix + l.gate_up.bytes() + l.down.bytes() + norms(l) + l.bias.bytes()
+            })
             .sum();
         layers
             + self.embed.bytes()
+            + self.head_bias.as_ref().map_or(0, |b| 4 * b.len())
             + self.head.as_ref().map_or(0, Matrix::bytes)
             + 4 * self.norm.len()
     }
 
     pub fn new_cache(&self) -> KvCache {
+        let conv_states = self.layers.iter().map(|l| match &l.mix {
+            Mix::ShortConv(conv) => conv.state_len(),
+            Mix::Attention { .. } => 0,
+        });
         KvCache::new(
             self.spec.layers.iter().map(|l| l.window),
             self.spec.kv_width(),
         )
+        .with_conv_states(conv_states)
     }
 
     /// Runs `tokens` after what `cache` holds; returns logits `[n, vocab]`
@@ -157,14 +294,22 @@ impl Decoder {
         let (mut gate, mut up) = (vec![0f32; n * s.ffn], vec![0f32; n * s.ffn]);
         for (i, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, s.eps, &mut normed);
-            let ctx = self.attention(layer, &normed, n, i, cache);
-            layer.wo.matmul(&ctx, n, &mut proj);
+            match &layer.mix {
+                Mix::Attention { wo, .. } => {
+                    let ctx = self.attention(layer, &normed, n, i, cache);
+                    wo.matmul(&ctx, n, &mut proj);
+                }
+                Mix::ShortConv(conv) => conv.forward(&normed, n, &mut cache.conv[i], &mut proj),
+            }
+            add_bias(&mut proj, &layer.bias.wo);
             if let Some(w) = &layer.post_attention_norm {
                 rms_norm_in_place(&mut proj, w, s.eps);
             }
-            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            residual_add(&mut x, &mut proj, s.residual_scale);
             rms_norm(&x, &layer.ffn_norm, s.eps, &mut normed);
             layer.gate_up.matmul(&normed, n, &mut [&mut gate, &mut up]);
+            add_bias(&mut gate, &layer.bias.gate);
+            add_bias(&mut up, &layer.bias.up);
             match s.gate {
                 Gate::Silu => gate
                     .iter_mut()
@@ -176,10 +321,11 @@ impl Decoder {
                     .for_each(|(g, u)| *g = gelu_tanh(*g) * u),
             }
             layer.down.matmul(&gate, n, &mut proj);
+            add_bias(&mut proj, &layer.bias.down);
             if let Some(w) = &layer.post_ffn_norm {
                 rms_norm_in_place(&mut proj, w, s.eps);
             }
-            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            residual_add(&mut x, &mut proj, s.residual_scale);
         }
         cache.len += n;
         let rows = if all { n } else { 1 };
@@ -189,6 +335,10 @@ impl Decoder {
         let head = self.head.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0f32; rows * s.vocab];
         head.matmul(&out_norm, rows, &mut logits);
+        add_bias(&mut logits, &self.head_bias);
+        if let Some(scale) = s.logit_scale {
+            logits.iter_mut().for_each(|v| *v *= scale);
+        }
         if let Some(cap) = s.logit_softcap {
             logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
         }
@@ -207,20 +357,33 @@ impl Decoder {
         let s = &self.spec;
         let attn = &s.layers[index];
         let (q_w, kv_w) = (s.q_width(), s.kv_width());
+        let Mix::Attention {
+            qkv,
+            q_norm,
+            k_norm,
+            ..
+        } = &layer.mix
+        else {
+            unreachable!("forward calls attention on attention layers only")
+        };
         let start = cache.len;
         let mut q = vec![0f32; n * q_w];
         let mut k = vec![0f32; n * kv_w];
         let mut v = vec![0f32; n * kv_w];
-        layer.qkv.matmul(x, n, &mut [&mut q, &mut k, &mut v]);
-        if let Some(w) = &layer.q_norm {
+        qkv.matmul(x, n, &mut [&mut q, &mut k, &mut v]);
+        add_bias(&mut q, &layer.bias.q);
+        add_bias(&mut k, &layer.bias.k);
+        add_bias(&mut v, &layer.bias.v);
+        if let Some(w) = q_norm {
             rms_norm_in_place(&mut q, w, s.eps);
         }
-        if let Some(w) = &layer.k_norm {
+        if let Some(w) = k_norm {
             rms_norm_in_place(&mut k, w, s.eps);
         }
         let rope = attention::Rope {
             freqs: &layer.freqs,
             pairs: s.rope_pairs,
+            dims: s.rope_dims,
             position_scale: attn.rope_position_scale,
         };
         for t in 0..n {
@@ -238,12 +401,32 @@ impl Decoder {
     }
 }
 
-/// As llama.cpp: theta_scale = base^(-2/d) in f32, raised by repeated products.
-fn rope_freqs(base: f32, head_dim: usize) -> Vec<f32> {
-    let scale = base.powf(-2.0 / head_dim as f32);
-    std::iter::successors(Some(1f32), |t| Some(t * scale))
-        .take(head_dim / 2)
-        .collect()
+/// As llama.cpp: theta_scale = base^(-2/d) in f32 (d the rotated width),
+/// raised by repeated products, each divided by its factor when given.
+fn rope_freqs(base: f32, dims: usize, factors: Option<&[f32]>) -> Vec<f32> {
+    let scale = base.powf(-2.0 / dims as f32);
+    let freqs = std::iter::successors(Some(1f32), |t| Some(t * scale)).take(dims / 2);
+    match factors {
+        Some(f) => freqs.zip(f).map(|(t, f)| t / f).collect(),
+        None => freqs.collect(),
+    }
+}
+
+/// Adds a `[width]` bias to every row of `x`, when there is one.
+fn add_bias(x: &mut [f32], bias: &Option<Vec<f32>>) {
+    if let Some(b) = bias {
+        for row in x.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(v, &b)| *v += b);
+        }
+    }
+}
+
+/// `x += branch` (times `scale`, Granite's residual multiplier, when set).
+fn residual_add(x: &mut [f32], branch: &mut [f32], scale: Option<f32>) {
+    if let Some(s) = scale {
+        branch.iter_mut().for_each(|v| *v *= s);
+    }
+    x.iter_mut().zip(branch.iter()).for_each(|(a, b)| *a += b);
 }
 
 fn silu(x: f32) -> f32 {

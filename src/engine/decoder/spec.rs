@@ -20,9 +20,28 @@ pub enum Gate {
     GeluTanh,
 }
 
-/// Attention of one layer.
+/// How the MLP's gate and up projections are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpWeights {
+    /// `ffn_gate` and `ffn_up`, `[ffn, hidden]` each.
+    Separate,
+    /// One `ffn_up` of `[2 * ffn, hidden]`: gate rows first, then up (Phi-3).
+    FusedUp,
+}
+
+/// How a layer mixes positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mixer {
+    /// Self-attention over the KV cache.
+    Attention,
+    /// LFM2's gated short convolution over the last `kernel` positions.
+    ShortConv { kernel: usize },
+}
+
+/// Attention (or what replaces it) of one layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerAttention {
+    pub mixer: Mixer,
     pub rope_base: f32,
     /// Positions are multiplied by this before rotation (linear RoPE scaling).
     pub rope_position_scale: f32,
@@ -61,18 +80,29 @@ pub struct Spec {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// Leading values of each head that RoPE rotates (the rest pass
+    /// through): `head_dim` but for partial rotary (Phi-4-mini).
+    pub rope_dims: usize,
     /// Largest number of positions.
     pub context: usize,
     pub eps: f32,
+    /// The final norm's tensor (`output_norm`; LFM2's converter names it `token_embd_norm`).
+    pub final_norm: &'static str,
     /// One per layer.
     pub layers: Vec<LayerAttention>,
     pub rope_pairs: RopePairs,
     pub parts: Parts,
     pub gate: Gate,
+    pub mlp_weights: MlpWeights,
     /// Embedding rows are multiplied by this (Gemma: sqrt(hidden)).
     pub embed_scale: Option<f32>,
     /// Attention scores are multiplied by this (usually 1/sqrt(head_dim)).
     pub attention_scale: f32,
+    /// Attention and MLP outputs are multiplied by this before each
+    /// residual add (Granite).
+    pub residual_scale: Option<f32>,
+    /// Final logits are multiplied by this (Granite: 1 / logits_scaling).
+    pub logit_scale: Option<f32>,
     /// Final logits become `cap * tanh(logits / cap)`.
     pub logit_softcap: Option<f32>,
     /// Added to RMSNorm weights read under Hugging Face names (Gemma stores
