@@ -16,7 +16,7 @@ use super::manifest::Manifest;
 use super::verify::{self, read_manifest};
 use super::{hash_file, package, ArtifactError, PackageInput};
 use crate::format::atomic::Overwrite;
-use crate::model::{Architecture, Model};
+use crate::model::Model;
 use crate::quant::apply::{self, OutputFormat};
 use crate::quant::plan::{self, Constraints};
 use crate::target::{self, Target};
@@ -516,7 +516,7 @@ pub(super) fn build_target(
     let constraints = Constraints {
         allowed: Some(target.allowed_schemes()),
         gguf,
-        tied_output: matches!(model.architecture, Architecture::Llama(_))
+        tied_output: model.architecture.is_decoder()
             && !model
                 .tensors
                 .iter()

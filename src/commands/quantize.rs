@@ -7,7 +7,7 @@ use crate::cli::{GlobalArgs, OutputFormatArg, QuantizeArgs};
 use crate::exit::ExitStatus;
 use crate::format::atomic::Overwrite;
 use crate::memory::Footprint;
-use crate::model::{Architecture, Model};
+use crate::model::Model;
 use crate::printer::{sanitize, Printer};
 use crate::quant::apply::{self, OutputFormat, TensorReport};
 use crate::quant::plan::{self, Constraints, Plan, Preset};
@@ -73,7 +73,7 @@ pub fn quantize(
     let constraints = Constraints {
         allowed: target.as_ref().map(Target::allowed_schemes),
         gguf: format == OutputFormat::Gguf,
-        tied_output: matches!(model.architecture, Architecture::Llama(_))
+        tied_output: model.architecture.is_decoder()
             && !model
                 .tensors
                 .iter()
