@@ -110,12 +110,7 @@ impl GraphPayload {
         architecture
             .check()
             .map_err(|m| ArtifactError::at(&config_path, m))?;
-        let bytes = crate::guard::read_bytes(file, crate::guard::Cap::TOKENIZER)
-            .map_err(|e| ArtifactError::at(file, e.message))?;
-        let (weights, requires) = match format {
-            GraphFormat::Onnx => onnx_weights(&bytes, file)?,
-            GraphFormat::Tflite => tflite_weights(&bytes, file)?,
-        };
+        let (quantization, compatibility) = describe(file, format)?;
         let mut files = vec![file.to_path_buf()];
         files.extend(
             SIDE_FILES
@@ -129,12 +124,8 @@ impl GraphPayload {
             format,
             files,
             architecture,
-            quantization: weights.quantization(format),
-            compatibility: Compatibility {
-                format: format.name().into(),
-                gguf_version: None,
-                requires,
-            },
+            quantization,
+            compatibility,
         })
     }
 
@@ -159,7 +150,7 @@ impl GraphPayload {
         let cosine_mean = match self.format {
             GraphFormat::Onnx => {
                 crate::format::onnx::export::accuracy(&self.file, reference, texts)
-                    .map_err(|e| ArtifactError::at(&self.file, e.to_string()))?
+                    .map_err(|e| at(&self.file, e.to_string()))?
                     .cosine_mean
             }
             GraphFormat::Tflite => {
@@ -167,7 +158,7 @@ impl GraphPayload {
                     .map_err(|e| ArtifactError::at(&self.file, e.to_string()))?;
                 let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
                 crate::format::tflite::accuracy(&bytes, &self.file, reference, &texts)
-                    .map_err(|e| ArtifactError::at(&self.file, e.to_string()))?
+                    .map_err(|e| at(&self.file, e.to_string()))?
                     .mean_cosine
             }
         };
@@ -183,6 +174,39 @@ impl GraphPayload {
             perplexity_increase_pct: None,
         })
     }
+}
+
+/// What a graph file holds and needs, read from the file alone: its weights'
+/// types and bytes, the opset or schema and the ops a runtime must have.
+pub fn describe(
+    file: &Path,
+    format: GraphFormat,
+) -> Result<(Quantization, Compatibility), ArtifactError> {
+    let bytes = crate::guard::read_bytes(file, crate::guard::Cap::TOKENIZER)
+        .map_err(|e| ArtifactError::at(file, e.message))?;
+    let (weights, requires) = match format {
+        GraphFormat::Onnx => onnx_weights(&bytes, file)?,
+        GraphFormat::Tflite => tflite_weights(&bytes, file)?,
+    };
+    Ok((
+        weights.quantization(format),
+        Compatibility {
+            format: format.name().into(),
+            gguf_version: None,
+            requires,
+        },
+    ))
+}
+
+/// An error about `file` whose message may already start with its path (the
+/// format readers name the file themselves): the path said once.
+fn at(file: &Path, message: String) -> ArtifactError {
+    let prefix = format!("{}: ", file.display());
+    let message = message
+        .strip_prefix(&prefix)
+        .unwrap_or(&message)
+        .to_string();
+    ArtifactError::at(file, message)
 }
 
 /// Weight tensors by name: their type (in target-profile scheme names),
@@ -221,8 +245,7 @@ impl Weights {
 /// weights; scales and zero points (inputs 1 and 2 of Q/DQ nodes) are side
 /// data; int64 initializers are shapes and indices.
 fn onnx_weights(bytes: &[u8], file: &Path) -> Result<(Weights, Vec<String>), ArtifactError> {
-    let onnx =
-        OnnxFile::from_bytes(bytes, file).map_err(|e| ArtifactError::at(file, e.to_string()))?;
+    let onnx = OnnxFile::from_bytes(bytes, file).map_err(|e| at(file, e.to_string()))?;
     let graph = onnx.model.graph.as_ref().expect("checked by from_bytes");
     let side: BTreeSet<&str> = graph
         .node

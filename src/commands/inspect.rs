@@ -11,6 +11,9 @@ use crate::units::{group_digits, human_bytes};
 
 /// `edgeforge inspect PATH`: architecture, parameters, dtypes, metadata, tensors.
 pub fn inspect(args: &InspectArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    if let Some((file, format)) = crate::artifact::graph::find(&args.path) {
+        return inspect_graph(&file, format, printer);
+    }
     let model = Model::open(&args.path).context("Cannot inspect")?;
     let summary = ModelSummary::of(&model, args.tensors);
     if printer.json {
@@ -18,6 +21,59 @@ pub fn inspect(args: &InspectArgs, printer: &Printer) -> anyhow::Result<ExitStat
     } else {
         printer.out(&render(&summary))?;
     }
+    Ok(ExitStatus::Success)
+}
+
+/// An ONNX or TFLite file (or an accelerator artifact's folder): what it
+/// needs from a runtime and what its weights are.
+fn inspect_graph(
+    file: &std::path::Path,
+    format: crate::artifact::graph::GraphFormat,
+    printer: &Printer,
+) -> anyhow::Result<ExitStatus> {
+    let (q, compatibility) =
+        crate::artifact::graph::describe(file, format).context("Cannot inspect")?;
+    let size = fs_err::metadata(file).context("Cannot inspect")?.len();
+    if printer.json {
+        printer.json_out(&serde_json::json!({
+            "path": file,
+            "format": format.name(),
+            "size_bytes": size,
+            "parameters": q.parameters,
+            "weight_bytes": q.weight_bytes,
+            "bits_per_weight": q.bits_per_weight,
+            "tensor_types": q.tensor_types,
+            "requires": compatibility.requires,
+        }))?;
+        return Ok(ExitStatus::Success);
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}  ({}, {})",
+        file.display(),
+        format.name(),
+        human_bytes(size)
+    );
+    let _ = writeln!(
+        out,
+        "parameters    {}  ({:.2} bits/weight, {} of weights)",
+        group_digits(q.parameters),
+        q.bits_per_weight,
+        human_bytes(q.weight_bytes)
+    );
+    let types: Vec<String> = q
+        .tensor_types
+        .iter()
+        .map(|(t, n)| format!("{t} x{n}"))
+        .collect();
+    let _ = writeln!(out, "weights       {}", types.join(", "));
+    let _ = writeln!(
+        out,
+        "requires      {}",
+        sanitize(&compatibility.requires.join(", "))
+    );
+    printer.out(&out)?;
     Ok(ExitStatus::Success)
 }
 

@@ -122,6 +122,12 @@ fn build_ships_onnx_and_tflite_for_accelerators_and_their_runtimes_load_them() {
     ] {
         assert!(files.contains(&f), "{files:?}");
     }
+    // inspect reads the folder's graph: the figures the manifest recorded.
+    let inspected = json_success(edgeforge().args(["--json", "inspect"]).arg(&npu_dir));
+    assert_eq!(inspected["format"], "onnx");
+    assert_eq!(inspected["parameters"], m["quantization"]["parameters"]);
+    assert_eq!(inspected["tensor_types"], m["quantization"]["tensor_types"]);
+    assert_eq!(inspected["requires"], m["compatibility"]["requires"]);
     let calibration = std::fs::read_to_string(npu_dir.join("calibration.txt")).unwrap();
     assert_eq!(calibration.lines().count(), 32);
     let drop = m["metrics"]["accuracy"]["cosine_drop"].as_f64().unwrap();

@@ -87,3 +87,21 @@ fn missing_path_is_an_input_error() {
             )),
         );
 }
+
+#[test]
+fn a_file_that_is_not_the_graph_its_name_says_exits_2_naming_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, says) in [
+        ("x.onnx", "not an ONNX model"),
+        ("x.tflite", "not a TFLite model"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, b"0123456789 not a graph").unwrap();
+        let out = edgeforge().arg("inspect").arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(says), "{err}");
+        assert_eq!(err.matches(name).count(), 1, "the path once: {err}");
+    }
+}
