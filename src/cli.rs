@@ -623,7 +623,8 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub similarity: bool,
     /// Run the linear layers in int8: weights per output channel, activations
-    /// per token, AVX-512 VNNI where the CPU has it (cosine >= 0.999 to f32 on MiniLM)
+    /// per token, AVX-512 VNNI where the CPU has it. MiniLM's cosine to f32:
+    /// 0.9994 mean, 0.998 min on 200 held-out sentences; 0.994 on one-word texts
     #[arg(long)]
     pub int8: bool,
 }

@@ -333,9 +333,17 @@ pub fn fit(
             smallest = Some((plan, fp));
         }
     }
-    smallest
-        .map(Err)
-        .ok_or_else(|| "No scheme the target runs can encode this model".to_string())
+    smallest.map(Err).ok_or_else(|| {
+        let runs = c
+            .allowed
+            .as_ref()
+            .map(|a| a.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default();
+        format!(
+            "No scheme the target runs ({runs}) can be written as {} for this model",
+            if c.gguf { "GGUF" } else { "safetensors" }
+        )
+    })
 }
 
 /// Bits per weight the source stores its quantizable tensors in.
