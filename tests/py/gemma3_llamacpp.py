@@ -8,7 +8,7 @@ usage: gemma3_llamacpp.py GEMMA3_GGUF OUT_JSON [NAME=GGUF ...]
 Per file (the Q4_K_M as `q4_k_m`, then each NAME=GGUF, edgeforge's own
 outputs) its sha256 and per prompt: llama.cpp's token ids (BOS added, as
 llama.cpp does for Gemma), its 16 greedy tokens, and the top-50 token ids
-and logits of every position (the prompt's positions from one batch, then
+and logits (rounded to 1e-4) of every position (the prompt's positions from one batch, then
 each greedy decode step).
 """
 
@@ -80,7 +80,7 @@ def run(llm, prompt):
 
 def top(row):
     order = np.argsort(-row, kind="stable")[:TOP]
-    return [int(i) for i in order], [float(row[i]) for i in order]
+    return [int(i) for i in order], [round(float(row[i]), 4) for i in order]
 
 
 def sha256(path):
