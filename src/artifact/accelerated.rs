@@ -180,10 +180,15 @@ pub fn build_graph(job: &GraphJob, bar: &indicatif::ProgressBar) -> Result<Outco
         detail,
     };
     let model = Model::open(job.source)?;
-    if let Err(e) = onnx::bert_config(&model) {
+    if onnx::bert_config(&model).is_err() {
         return Ok(outcome(
             "unsupported",
-            format!("{}: {e}", unit.runtime).replace(&format!("{}: ", model.path.display()), ""),
+            format!(
+                "{}: edgeforge writes {} for BERT-style encoders only; this model is `{}`",
+                unit.runtime,
+                unit.format.name(),
+                model.architecture.name()
+            ),
         ));
     }
     let work = job
