@@ -452,9 +452,15 @@ pub struct SelectArgs {
     /// Only variants for devices with this accelerator kind (npu, tpu, gpu, dsp)
     #[arg(long, value_name = "KIND")]
     pub accelerator: Option<String>,
-    /// Only this format (gguf, safetensors)
+    /// Only this format (gguf, safetensors, onnx, tflite)
     #[arg(long, value_name = "F")]
     pub format: Option<String>,
+    /// The model to choose among (needed when the index holds several)
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+    /// The version to choose among (default: the newest of the model)
+    #[arg(long = "version", value_name = "SEMVER")]
+    pub semver: Option<String>,
 }
 
 /// `edgeforge package MODEL`

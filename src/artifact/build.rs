@@ -71,6 +71,11 @@ struct BuildFile {
 /// One row of `dist/index.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Variant {
+    /// The model and version this row is of: one dist folder holds several.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
     pub target: String,
     /// The accelerator runtime an ONNX/TFLite variant is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,11 +105,80 @@ pub struct Variant {
     pub verified: bool,
 }
 
+/// `dist/index.json`: every variant of every model and version built into
+/// the folder, one self-describing row each.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(from = "StoredIndex")]
 pub struct Index {
-    pub name: String,
-    pub version: String,
     pub variants: Vec<Variant>,
+}
+
+/// An index as read: before several models shared a folder, `name` and
+/// `version` were top-level keys; rows without them take them from there.
+#[derive(Deserialize)]
+struct StoredIndex {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    version: String,
+    variants: Vec<Variant>,
+}
+
+impl From<StoredIndex> for Index {
+    fn from(stored: StoredIndex) -> Self {
+        let variants = stored
+            .variants
+            .into_iter()
+            .map(|mut v| {
+                if v.name.is_empty() {
+                    v.name.clone_from(&stored.name);
+                }
+                if v.version.is_empty() {
+                    v.version.clone_from(&stored.version);
+                }
+                v
+            })
+            .collect();
+        Self { variants }
+    }
+}
+
+impl Index {
+    /// The distinct model names, sorted.
+    pub fn models(&self) -> Vec<&str> {
+        let names: std::collections::BTreeSet<&str> =
+            self.variants.iter().map(|v| v.name.as_str()).collect();
+        names.into_iter().collect()
+    }
+
+    /// The newest version of `name` (numeric parts compared as numbers).
+    pub fn newest_version(&self, name: &str) -> Option<&str> {
+        self.variants
+            .iter()
+            .filter(|v| v.name == name)
+            .map(|v| v.version.as_str())
+            .max_by(|a, b| version_key(a).cmp(&version_key(b)))
+    }
+}
+
+/// What identifies an index row, in the order rows are written: model,
+/// version (oldest first), target, then its accelerator runtimes.
+type RowKey<'a> = (&'a str, (Vec<u64>, bool, String), &'a str, Option<&'a str>);
+
+fn row_key(v: &Variant) -> RowKey<'_> {
+    (
+        v.name.as_str(),
+        version_key(&v.version),
+        v.target.as_str(),
+        v.runtime.as_deref(),
+    )
+}
+
+/// `1.10.0` after `1.9.0`; a pre-release (`1.0.0-rc1`) before its release.
+fn version_key(v: &str) -> (Vec<u64>, bool, String) {
+    let (core, pre) = v.split_once('-').unwrap_or((v, ""));
+    let numbers = core.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    (numbers, pre.is_empty(), pre.to_string())
 }
 
 /// What happened to one target.
@@ -613,7 +687,9 @@ pub(super) fn build_target(
     })
 }
 
-/// Writes `dist/index.json` from every artifact of this name and version.
+/// Rewrites this name and version's rows of `dist/index.json` from its
+/// artifacts on disk, keeping the rows of every other model and version
+/// whose folder is still there; returns this build's rows.
 fn write_index(
     dist: &Path,
     spec: &BuildSpec,
@@ -657,16 +733,28 @@ fn write_index(
         let verified = within_budget && verify::integrity(&dir, &m).iter().all(|c| c.passed);
         variants.push(variant_of(&m, id, artifact, verified, targets_dir));
     }
-    let index = Index {
-        name: spec.name.clone(),
-        version: spec.version.clone(),
-        variants,
-    };
-    let json = index_json(&index);
     let path = dist.join("index.json");
+    let mut rows = match fs_err::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<Index>(&bytes)
+            .map_err(|e| {
+                ArtifactError::at(
+                    &path,
+                    format!("not a dist index ({e}): move it away to write a new one"),
+                )
+            })?
+            .variants
+            .into_iter()
+            .filter(|v| v.name != spec.name || v.version != spec.version)
+            .filter(|v| dist.join(&v.artifact).join("manifest.json").is_file())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    rows.extend(variants.iter().cloned());
+    rows.sort_by(|a, b| row_key(a).cmp(&row_key(b)));
+    let json = index_json(&Index { variants: rows });
     crate::format::atomic::write_atomic(&path, json.as_bytes(), Overwrite::Allow)
         .map_err(|e| ArtifactError::at(&path, e.to_string()))?;
-    Ok(index)
+    Ok(Index { variants })
 }
 
 /// The index row of one artifact.
@@ -681,6 +769,8 @@ pub fn variant_of(
     let acc = m.metrics.accuracy.as_ref();
     let projection = m.metrics.projection.as_ref();
     Variant {
+        name: m.name.clone(),
+        version: m.version.clone(),
         target: m.target.name.clone(),
         runtime: m.target.runtime.clone(),
         class: m.target.class.clone(),
@@ -732,35 +822,35 @@ fn lock(dist: &Path) -> Result<std::fs::File, ArtifactError> {
     Ok(file)
 }
 
-/// Joins the partial indexes of matrix jobs: one name and version, each
-/// target once (the same artifact if it appears twice), ordered by target
-/// as `build` orders them, so the inputs' order does not matter.
+/// Joins indexes (matrix jobs' partial ones, other models' dist folders):
+/// each (model, version, target, runtime) once (the same artifact if it
+/// appears twice), ordered by those keys so the inputs' order does not matter.
 pub fn merge_indexes(parts: &[Index]) -> Result<Index, String> {
-    let first = parts.first().ok_or("nothing to merge")?;
-    let mut by_target = std::collections::BTreeMap::<&str, &Variant>::new();
-    for part in parts {
-        if (&part.name, &part.version) != (&first.name, &first.version) {
-            return Err(format!(
-                "an index is {} {}, another {} {}",
-                part.name, part.version, first.name, first.version
-            ));
-        }
-        for v in &part.variants {
-            match by_target.insert(&v.target, v) {
-                Some(other) if other != v => {
-                    return Err(format!(
-                        "target `{}` appears twice with different artifacts ({} and {})",
-                        v.target, other.id, v.id
-                    ))
-                }
-                _ => {}
+    if parts.is_empty() {
+        return Err("nothing to merge".into());
+    }
+    let mut rows = std::collections::BTreeMap::<RowKey, &Variant>::new();
+    for v in parts.iter().flat_map(|p| &p.variants) {
+        match rows.insert(row_key(v), v) {
+            Some(other) if other != v => {
+                return Err(format!(
+                    "{} {} target `{}`{} appears twice with different artifacts ({} and {})",
+                    v.name,
+                    v.version,
+                    v.target,
+                    v.runtime
+                        .as_ref()
+                        .map(|r| format!(" runtime `{r}`"))
+                        .unwrap_or_default(),
+                    other.id,
+                    v.id
+                ))
             }
+            _ => {}
         }
     }
     Ok(Index {
-        name: first.name.clone(),
-        version: first.version.clone(),
-        variants: by_target.into_values().cloned().collect(),
+        variants: rows.into_values().cloned().collect(),
     })
 }
 
@@ -773,6 +863,9 @@ pub fn index_json(index: &Index) -> String {
 
 /// What a device asks for.
 pub struct Want<'a> {
+    /// The model and version (`None`: any; the caller resolves ambiguity).
+    pub model: Option<&'a str>,
+    pub version: Option<&'a str>,
     pub ram_mb: u64,
     pub accelerator: Option<&'a str>,
     pub format: Option<&'a str>,
@@ -787,6 +880,8 @@ pub fn select<'a>(index: &'a Index, want: &Want) -> Option<&'a Variant> {
         .variants
         .iter()
         .filter(|v| v.verified && v.peak_ram_bytes <= ram)
+        .filter(|v| want.model.is_none_or(|m| v.name == m))
+        .filter(|v| want.version.is_none_or(|n| v.version == n))
         .filter(|v| want.format.is_none_or(|f| v.format == f))
         .filter(|v| {
             want.accelerator
@@ -828,5 +923,83 @@ impl Drop for RemoveOnDrop<'_> {
                 let _ = std::fs::remove_dir(build);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, version: &str, target: &str, runtime: Option<&str>, id: &str) -> Variant {
+        Variant {
+            name: name.into(),
+            version: version.into(),
+            target: target.into(),
+            runtime: runtime.map(Into::into),
+            class: "sbc".into(),
+            artifact: format!("{name}/{version}/{target}"),
+            id: id.into(),
+            format: "gguf".into(),
+            size_bytes: 1,
+            peak_ram_bytes: 1,
+            bits_per_weight: 8.0,
+            accelerators: vec![],
+            accuracy_delta: None,
+            latency_ms: None,
+            decode_tokens_per_second: None,
+            global_version: None,
+            global_id: None,
+            verified: true,
+        }
+    }
+
+    #[test]
+    fn versions_order_numerically_with_pre_releases_first() {
+        let index = Index {
+            variants: ["1.9.0", "1.10.0", "1.10.0-rc1", "0.2.0"]
+                .iter()
+                .map(|v| row("m", v, "t", None, v))
+                .collect(),
+        };
+        assert_eq!(index.newest_version("m"), Some("1.10.0"));
+        assert_eq!(index.newest_version("other"), None);
+    }
+
+    #[test]
+    fn merge_keeps_every_model_and_each_runtime_of_one_target() {
+        let a = Index {
+            variants: vec![
+                row("b", "1.0.0", "pi", None, "1"),
+                row("a", "1.0.0", "npu", Some("onnx"), "2"),
+            ],
+        };
+        let b = Index {
+            variants: vec![
+                row("a", "1.0.0", "npu", None, "3"),
+                row("b", "1.0.0", "pi", None, "1"),
+            ],
+        };
+        let merged = merge_indexes(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(merged, merge_indexes(&[b, a.clone()]).unwrap());
+        let ids: Vec<&str> = merged.variants.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(ids, ["3", "2", "1"]);
+        let clash = Index {
+            variants: vec![row("b", "1.0.0", "pi", None, "9")],
+        };
+        let err = merge_indexes(&[a, clash]).unwrap_err();
+        assert!(err.contains("b 1.0.0 target `pi`"), "{err}");
+    }
+
+    #[test]
+    fn a_legacy_index_gives_its_rows_the_top_level_name_and_version() {
+        let json = r#"{"name":"m","version":"1.0.0","variants":[]}"#;
+        let mut legacy: serde_json::Value = serde_json::from_str(json).unwrap();
+        let mut v = serde_json::to_value(row("", "", "pi", None, "1")).unwrap();
+        v.as_object_mut().unwrap().remove("name");
+        v.as_object_mut().unwrap().remove("version");
+        legacy["variants"] = serde_json::json!([v]);
+        let index: Index = serde_json::from_value(legacy).unwrap();
+        assert_eq!(index.models(), ["m"]);
+        assert_eq!(index.variants[0].version, "1.0.0");
     }
 }

@@ -193,7 +193,30 @@ pub fn select(args: &SelectArgs, printer: &Printer) -> anyhow::Result<ExitStatus
             known.join(", ")
         );
     }
+    let models = index.models();
+    let model = match (&args.model, models.as_slice()) {
+        (Some(m), _) if models.contains(&m.as_str()) => m.as_str(),
+        (Some(m), _) => anyhow::bail!(
+            "{}: no model `{}` (it holds {})",
+            args.index.display(),
+            crate::guard::bounded(m, 64),
+            models.join(", ")
+        ),
+        (None, [one]) => one,
+        (None, []) => anyhow::bail!("{}: the index has no variants", args.index.display()),
+        (None, several) => anyhow::bail!(
+            "{}: the index holds several models ({}): pass --model",
+            args.index.display(),
+            several.join(", ")
+        ),
+    };
+    let version = match &args.semver {
+        Some(v) => v.as_str(),
+        None => index.newest_version(model).unwrap_or_default(),
+    };
     let want = Want {
+        model: Some(model),
+        version: Some(version),
         ram_mb: args.ram_mb,
         accelerator: args.accelerator.as_deref(),
         format: args.format.as_deref(),
@@ -202,18 +225,20 @@ pub fn select(args: &SelectArgs, printer: &Printer) -> anyhow::Result<ExitStatus
         if printer.json {
             printer.json_out(&serde_json::json!({ "selected": null }))?;
         }
-        crate::printer::error_line(&format!(
-            "no verified variant of {} {} fits {} MiB with the asked accelerator and format",
-            index.name, index.version, args.ram_mb
-        ));
+        crate::printer::error_line(&sanitize(&format!(
+            "no verified variant of {model} {version} fits {} MiB with the asked accelerator and format",
+            args.ram_mb
+        )));
         return Ok(ExitStatus::CheckFailed);
     };
     if printer.json {
         printer.json_out(&serde_json::json!({ "selected": v }))?;
     } else {
         printer.out(&sanitize(&format!(
-            "{}  ({}, {}, {:.2} bits/weight, peak {}, projected {}; id {})",
+            "{}  ({} {}, {}, {}, {:.2} bits/weight, peak {}, projected {}; id {})",
             v.artifact,
+            v.name,
+            v.version,
             v.target,
             v.format,
             v.bits_per_weight,

@@ -110,6 +110,8 @@ pub fn pull(args: &PullArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
     let choice = match (&args.target, args.ram_mb) {
         (Some(t), _) => Choice::Target(t),
         (None, Some(ram_mb)) => Choice::Fits(Want {
+            model: None,
+            version: None,
             ram_mb,
             accelerator: args.accelerator.as_deref(),
             format: args.format.as_deref(),

@@ -254,6 +254,12 @@ pub fn variant_from(d: &Descriptor) -> Result<Variant, String> {
         return Err(format!("index entry {}: bad artifact id", d.digest));
     }
     Ok(Variant {
+        name: d.annotations.get(key::NAME).cloned().unwrap_or_default(),
+        version: d
+            .annotations
+            .get(media::VERSION)
+            .cloned()
+            .unwrap_or_default(),
         target: get(key::TARGET)?.clone(),
         runtime: d.annotations.get(key::RUNTIME).cloned(),
         class: get(key::CLASS)?.clone(),
@@ -290,6 +296,8 @@ mod tests {
 
     fn variant() -> Variant {
         Variant {
+            name: "m".into(),
+            version: String::new(),
             target: "rpi5-8gb".into(),
             runtime: None,
             class: "sbc".into(),

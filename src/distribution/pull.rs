@@ -60,19 +60,7 @@ fn resolve(remote: &Remote, tag: &str) -> Result<(Index, String), DistributionEr
             annotations: m.annotations.clone(),
         };
         let v = oci::variant_from(&entry).map_err(|e| DistributionError::content(&whole, e))?;
-        let name = m
-            .annotations
-            .get(media::key::NAME)
-            .cloned()
-            .unwrap_or_default();
-        return Ok((
-            Index {
-                name,
-                version: String::new(),
-                variants: vec![v],
-            },
-            digest,
-        ));
+        return Ok((Index { variants: vec![v] }, digest));
     }
     let index = oci::parse_index(&bytes).map_err(|e| DistributionError::content(&whole, e))?;
     let variants = index
@@ -91,22 +79,22 @@ fn resolve(remote: &Remote, tag: &str) -> Result<(Index, String), DistributionEr
             "an index entry is larger than 4 MiB",
         ));
     }
-    Ok((
-        Index {
-            name: index
-                .annotations
-                .get(media::key::NAME)
-                .cloned()
-                .unwrap_or_default(),
-            version: index
-                .annotations
-                .get(media::VERSION)
-                .cloned()
-                .unwrap_or_default(),
-            variants,
-        },
-        digest,
-    ))
+    // A registry repository is one model; its index names it and the version.
+    let name = index.annotations.get(media::key::NAME);
+    let version = index.annotations.get(media::VERSION);
+    let variants = variants
+        .into_iter()
+        .map(|mut v| {
+            if let (true, Some(n)) = (v.name.is_empty(), name) {
+                v.name.clone_from(n);
+            }
+            if let (true, Some(n)) = (v.version.is_empty(), version) {
+                v.version.clone_from(n);
+            }
+            v
+        })
+        .collect();
+    Ok((Index { variants }, digest))
 }
 
 pub fn pull(

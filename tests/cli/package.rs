@@ -687,3 +687,123 @@ print(name)
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only `edgeforge build` artifacts"));
 }
+
+#[test]
+fn one_dist_holds_several_models_and_versions_and_select_asks_which() {
+    let d = Dist::new();
+    let dist = d.path("dist");
+    let build = |name: &str, version: &str| {
+        let recipe = d.path(&format!("{name}-{version}.toml"));
+        std::fs::write(
+            &recipe,
+            format!(
+                "[build]\nname = \"{name}\"\nversion = \"{version}\"\nmodel = \"{}\"\nformat = \"safetensors\"\ntargets = [\"rpi5-8gb\"]\n",
+                minilm().display()
+            ),
+        )
+        .unwrap();
+        edgeforge()
+            .args(["-q", "build"])
+            .arg(&recipe)
+            .arg("--dist")
+            .arg(&dist)
+            .assert()
+            .success();
+    };
+    build("minilm", "1.9.0");
+    build("minilm", "1.10.0");
+    build("encoder", "0.1.0");
+    let index_path = dist.join("index.json");
+    let index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let rows: Vec<(String, String)> = index["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        rows,
+        pairs(&[
+            ("encoder", "0.1.0"),
+            ("minilm", "1.9.0"),
+            ("minilm", "1.10.0")
+        ])
+    );
+
+    let select = |args: &[&str]| {
+        edgeforge()
+            .args(["--json", "select", "--ram-mb", "4000", "--index"])
+            .arg(&index_path)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Which model is not guessed.
+    let out = select(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("encoder, minilm") && message.contains("--model"),
+        "{message}"
+    );
+    let picked = |args: &[&str]| {
+        let out = select(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["selected"]["artifact"].as_str().unwrap().to_string()
+    };
+    assert_eq!(picked(&["--model", "minilm"]), "minilm/1.10.0/rpi5-8gb");
+    assert_eq!(
+        picked(&["--model", "minilm", "--version", "1.9.0"]),
+        "minilm/1.9.0/rpi5-8gb"
+    );
+    assert_eq!(select(&["--model", "bert"]).status.code(), Some(2));
+
+    // merge joins indexes of different models into the one a shared dist has.
+    let split = d.path("split");
+    std::fs::create_dir_all(&split).unwrap();
+    let mut parts = Vec::new();
+    for name in ["minilm", "encoder"] {
+        let mut part = index.clone();
+        part["variants"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|v| v["name"] == name);
+        let path = split.join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_vec(&part).unwrap()).unwrap();
+        parts.push(path);
+    }
+    let merged = split.join("index.json");
+    edgeforge()
+        .args(["-q", "index", "merge"])
+        .args(&parts)
+        .arg("--out")
+        .arg(&merged)
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(&merged).unwrap(),
+        std::fs::read(&index_path).unwrap()
+    );
+
+    // A version whose folder is gone leaves the index at the next build.
+    std::fs::remove_dir_all(dist.join("minilm/1.9.0")).unwrap();
+    build("encoder", "0.1.0");
+    let index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    assert_eq!(index["variants"].as_array().unwrap().len(), 2);
+}
