@@ -126,24 +126,29 @@ struct StoredIndex {
 
 impl From<StoredIndex> for Index {
     fn from(stored: StoredIndex) -> Self {
-        let variants = stored
-            .variants
+        Self::defaulting(stored.variants, &stored.name, &stored.version)
+    }
+}
+
+impl Index {
+    /// The rows, those without a model name or version taking `name` and
+    /// `version` (from a legacy index or a registry index's annotations).
+    pub fn defaulting(variants: Vec<Variant>, name: &str, version: &str) -> Self {
+        let variants = variants
             .into_iter()
             .map(|mut v| {
                 if v.name.is_empty() {
-                    v.name.clone_from(&stored.name);
+                    v.name = name.to_string();
                 }
                 if v.version.is_empty() {
-                    v.version.clone_from(&stored.version);
+                    v.version = version.to_string();
                 }
                 v
             })
             .collect();
         Self { variants }
     }
-}
 
-impl Index {
     /// The distinct model names, sorted.
     pub fn models(&self) -> Vec<&str> {
         let names: std::collections::BTreeSet<&str> =

@@ -80,21 +80,13 @@ fn resolve(remote: &Remote, tag: &str) -> Result<(Index, String), DistributionEr
         ));
     }
     // A registry repository is one model; its index names it and the version.
-    let name = index.annotations.get(media::key::NAME);
-    let version = index.annotations.get(media::VERSION);
-    let variants = variants
-        .into_iter()
-        .map(|mut v| {
-            if let (true, Some(n)) = (v.name.is_empty(), name) {
-                v.name.clone_from(n);
-            }
-            if let (true, Some(n)) = (v.version.is_empty(), version) {
-                v.version.clone_from(n);
-            }
-            v
-        })
-        .collect();
-    Ok((Index { variants }, digest))
+    let annotation = |key: &str| index.annotations.get(key).map_or("", String::as_str);
+    let index = Index::defaulting(
+        variants,
+        annotation(media::key::NAME),
+        annotation(media::VERSION),
+    );
+    Ok((index, digest))
 }
 
 pub fn pull(
