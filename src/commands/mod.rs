@@ -9,6 +9,7 @@ mod package;
 mod profile;
 mod publish;
 mod quantize;
+mod quantize_genai;
 mod quantize_onnx;
 mod run;
 mod shell;

@@ -196,7 +196,7 @@ pub fn quantize(
     Ok(ExitStatus::Success)
 }
 
-fn check_requant(model: &Model, allow: bool, printer: &Printer) -> anyhow::Result<()> {
+pub(super) fn check_requant(model: &Model, allow: bool, printer: &Printer) -> anyhow::Result<()> {
     let quantized: Vec<&str> = model
         .tensors
         .iter()

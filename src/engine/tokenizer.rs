@@ -299,6 +299,16 @@ impl TextTokenizer {
         }
     }
 
+    /// The tokenizer as Hugging Face `tokenizer.json` text (what other
+    /// runtimes load); `None` for SentencePiece vocabularies, which have no
+    /// such form here.
+    pub fn hf_json(&self) -> Option<Result<String, EngineError>> {
+        match &self.inner {
+            Backend::Hf(t) => Some(t.to_string(false).map_err(|e| self.error(e.to_string()))),
+            Backend::SentencePiece(_) => None,
+        }
+    }
+
     fn error(&self, message: String) -> EngineError {
         EngineError::Tokenizer {
             path: self.source.clone(),

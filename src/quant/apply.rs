@@ -117,6 +117,32 @@ pub fn write(model: &Model, plan: &Plan, out: &Output<'_>) -> Result<Vec<TensorR
     }
 }
 
+/// A planned tensor encoded exactly as `write` puts it in a GGUF file: its
+/// llama.cpp name, ggml type and bytes (the ONNX decoder export repacks
+/// these, so both files hold the same weights).
+pub fn encode_for_gguf(
+    model: &Model,
+    p: &TensorPlan,
+) -> Result<Option<(String, GgmlType, Vec<u8>)>, String> {
+    let Some(t) = model.tensor(&p.name) else {
+        return Ok(None);
+    };
+    let name = match model.gguf() {
+        Some(_) => p.name.clone(),
+        None => match llamacpp::tensor_name(&model.architecture, &p.name) {
+            Some(n) => n,
+            None => return Ok(None),
+        },
+    };
+    let scheme = p
+        .scheme
+        .ok_or_else(|| format!("Tensor `{}` has no GGUF encoding", t.name))?;
+    let ty = quant::ggml_type(scheme)
+        .ok_or_else(|| format!("{scheme} is a safetensors encoding, not a GGUF type"))?;
+    let (enc, _) = encode(model, p, t, model.gguf().is_none())?;
+    Ok(Some((name, ty, enc.data)))
+}
+
 /// Encodes one tensor: f32 in (permuted for llama.cpp where needed), bytes out.
 fn encode(
     model: &Model,

@@ -403,7 +403,7 @@ impl Decoder {
 
 /// As llama.cpp: theta_scale = base^(-2/d) in f32 (d the rotated width),
 /// raised by repeated products, each divided by its factor when given.
-fn rope_freqs(base: f32, dims: usize, factors: Option<&[f32]>) -> Vec<f32> {
+pub(crate) fn rope_freqs(base: f32, dims: usize, factors: Option<&[f32]>) -> Vec<f32> {
     let scale = base.powf(-2.0 / dims as f32);
     let freqs = std::iter::successors(Some(1f32), |t| Some(t * scale)).take(dims / 2);
     match factors {

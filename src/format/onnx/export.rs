@@ -50,7 +50,7 @@ impl OnnxScheme {
             "fp16" | "f16" => Ok(Self::Fp16),
             "int8_pc" | "int8_qdq" => Ok(Self::Int8Qdq),
             other => Err(format!(
-                "scheme `{other}` cannot be written as ONNX (ONNX schemes: fp32, fp16, int8_pc)"
+                "scheme `{other}` cannot be written as ONNX (ONNX schemes: fp32, fp16, int8_pc for encoders, q4_0 for decoders)"
             )),
         }
     }
@@ -71,7 +71,7 @@ pub struct Calibration {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("{}: architecture `{arch}` cannot be exported to ONNX: the ONNX writer builds BERT-style encoders only", path.display())]
+    #[error("{}: architecture `{arch}` cannot be exported to ONNX as fp32, fp16 or int8_pc: those build BERT-style encoders (a llama decoder exports for onnxruntime-genai with --scheme q4_0)", path.display())]
     Architecture { path: PathBuf, arch: String },
     #[error("{}: {message}", path.display())]
     Input { path: PathBuf, message: String },

@@ -1,13 +1,19 @@
 //! ONNX files: a protobuf writer and reader over hand-derived `onnx.proto`
 //! messages (`proto`), a graph builder (`builder`), the BERT encoder graph
-//! (`bert`), and an evaluator that computes what a written graph computes
-//! (`eval`), so accuracy is measured on the file itself.
+//! (`bert`), the LLaMA decoder graph onnxruntime-genai runs (`llama`, over
+//! Q4_0 blocks repacked by `nbits`, in the folder `genai` writes), and an
+//! evaluator that computes what a written graph computes (`eval`), so
+//! accuracy is measured on the file itself.
 
 pub mod bert;
 pub mod builder;
 pub mod eval;
 pub mod export;
+pub mod genai;
+pub mod llama;
+pub mod nbits;
 pub mod proto;
+pub mod q8_act;
 pub mod reader;
 
 use std::path::PathBuf;

@@ -12,7 +12,9 @@ pub mod data_type {
     pub const INT8: i32 = 3;
     pub const INT32: i32 = 6;
     pub const INT64: i32 = 7;
+    pub const BOOL: i32 = 9;
     pub const FLOAT16: i32 = 10;
+    pub const DOUBLE: i32 = 11;
 
     /// The specification's name of a data type, for messages.
     pub fn name(t: i32) -> &'static str {
@@ -22,7 +24,9 @@ pub mod data_type {
             INT8 => "int8",
             INT32 => "int32",
             INT64 => "int64",
+            BOOL => "bool",
             FLOAT16 => "float16",
+            DOUBLE => "double",
             _ => "unsupported",
         }
     }
