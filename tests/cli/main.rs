@@ -9,6 +9,7 @@ mod engine;
 mod families;
 mod fed;
 mod gemma3;
+mod genai;
 mod gguf;
 mod hostile;
 mod inspect;

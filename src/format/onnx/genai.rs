@@ -84,6 +84,10 @@ pub fn export(model: &Model, model_file: &str) -> Result<GenaiFolder, GenaiError
             "GGUF Q4_0 blocks as MatMulNBits (bits 4, block 32, zero point 8)".to_string(),
         ),
         ("edgeforge.kv_cache".to_string(), "float16".to_string()),
+        (
+            "edgeforge.activations".to_string(),
+            "Q8_0 grid before each block-quantized matmul (llama.cpp's arithmetic)".to_string(),
+        ),
     ]);
     let graph = llama::build(&spec, &tensors, &metadata).map_err(|e| input(e.to_string()))?;
     drop(tensors);
