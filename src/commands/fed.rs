@@ -224,10 +224,7 @@ fn aggregate(args: &FedAggregateArgs, printer: &Printer) -> anyhow::Result<ExitS
     bar.finish_and_clear();
     let outcome = match result {
         Ok(o) => o,
-        Err(e @ FedError::TooFewClients { .. }) => {
-            crate::printer::error_line(&e.to_string());
-            return Ok(ExitStatus::CheckFailed);
-        }
+        Err(e @ FedError::TooFewClients { .. }) => return too_few_clients(&e, printer),
         Err(e) => return Err(anyhow::Error::new(e).context("Cannot aggregate")),
     };
     if printer.json {
@@ -287,4 +284,34 @@ fn log(args: &FedLogArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
     }
     printer.out(text.trim_end())?;
     Ok(ExitStatus::Success)
+}
+
+/// A round below `--min-clients`: every rejection on stderr (as a successful
+/// round prints them), the error line, and with `--json` one object holding
+/// both, so a coordinator can tell clients why their update was dropped.
+fn too_few_clients(e: &FedError, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    let FedError::TooFewClients {
+        accepted,
+        received,
+        min,
+        rejected,
+    } = e
+    else {
+        unreachable!("called for TooFewClients only")
+    };
+    for r in rejected {
+        printer.warn(&sanitize(&format!("rejected {}: {}", r.update, r.reason)));
+    }
+    crate::printer::error_line(&e.to_string());
+    if printer.json {
+        printer.json_out(&serde_json::json!({
+            "error": { "kind": "fed", "message": e.to_string() },
+            "exit_code": 1,
+            "accepted": accepted,
+            "received": received,
+            "min_clients": min,
+            "rejected": rejected,
+        }))?;
+    }
+    Ok(ExitStatus::CheckFailed)
 }

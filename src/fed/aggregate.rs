@@ -424,6 +424,7 @@ pub fn aggregate(
             accepted: cands.len(),
             received: paths.len(),
             min: o.min_clients,
+            rejected,
         });
     }
 

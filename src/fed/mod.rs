@@ -25,6 +25,8 @@ pub enum FedError {
         accepted: usize,
         received: usize,
         min: usize,
+        /// Why each of the others was turned away, as a successful round lists them.
+        rejected: Vec<global::Rejected>,
     },
 }
 

@@ -318,8 +318,24 @@ fn drifted_and_forged_updates_are_rejected_with_their_reason_and_the_round_goes_
         &["--max-norm", "50", "--min-clients", "4"],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--min-clients is 4"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--min-clients is 4"), "{stderr}");
     assert!(!fed.path("v1b").exists());
+    // ... and says why each of the others was turned away, on stderr and in --json.
+    let failed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(failed["exit_code"], 1);
+    assert_eq!(failed["error"]["kind"], "fed");
+    assert_eq!(failed["accepted"], 3);
+    assert_eq!(failed["min_clients"], 4);
+    assert_eq!(failed["received"], all.len());
+    assert_eq!(
+        failed["rejected"], v["rejected"],
+        "the same reasons as a round that lands"
+    );
+    for r in rejected {
+        let line = format!("rejected {}", r["update"].as_str().unwrap());
+        assert!(stderr.contains(&line), "{line} missing: {stderr}");
+    }
     // An existing version is never overwritten.
     let out = aggregate(&fed, &all, "v1", &["--max-norm", "50"]);
     assert_eq!(out.status.code(), Some(2));
