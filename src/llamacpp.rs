@@ -30,6 +30,16 @@ pub fn file_type(scheme_name: &str) -> u32 {
     }
 }
 
+/// The mix name of a GGUF's `general.file_type` (`LLAMA_FTYPE_*`).
+pub fn file_type_name(file_type: u32) -> Option<&'static str> {
+    [
+        "F32", "F16", "Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_S", "Q4_K_M",
+        "Q5_K_S", "Q5_K_M", "Q6_K", "BF16",
+    ]
+    .into_iter()
+    .find(|&name| self::file_type(name) == file_type)
+}
+
 /// The llama.cpp name of a Hugging Face tensor; `None` for tensors its
 /// converter drops (BERT `position_ids` and pooler, LLaMA `rotary_emb`).
 pub fn tensor_name(arch: &Architecture, hf: &str) -> Option<String> {

@@ -10,7 +10,7 @@ use crate::memory::Footprint;
 use crate::model::Model;
 use crate::printer::{sanitize, Printer};
 use crate::quant::apply::{self, OutputFormat, TensorReport};
-use crate::quant::plan::{self, Constraints, Plan, Preset};
+use crate::quant::plan::{self, Constraints, Plan, Preset, Reason};
 use crate::quant::{bpw, Scheme};
 use crate::target::{self, Target};
 use crate::units::human_bytes;
@@ -66,7 +66,6 @@ pub fn quantize(
     let target = target_name
         .map(|n| target::load(n, global.targets_dir.as_deref()))
         .transpose()?;
-    check_requant(&model, args.allow_requant, printer)?;
     if let Some(t) = &target {
         warn_if_no_runtime_loads(t, format, printer);
     }
@@ -143,6 +142,9 @@ pub fn quantize(
         bail!("Say what to quantize to: --scheme NAME, --fit TARGET or --bpw X");
     };
 
+    if !plan.tensors.iter().all(|t| t.reason == Reason::AsStored) {
+        check_requant(&model, args.allow_requant, printer)?;
+    }
     let footprint = footprint_of(&plan);
     let bytes_before: u64 = plan
         .tensors

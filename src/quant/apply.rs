@@ -19,7 +19,7 @@ use crate::format::safetensors::{Dtype, SafetensorsStream, TensorSpec};
 use crate::llamacpp;
 use crate::model::{Model, Tensor, TensorDtype};
 use crate::quant::metrics::ErrorStats;
-use crate::quant::plan::{Plan, TensorPlan};
+use crate::quant::plan::{Plan, Reason, TensorPlan};
 use crate::quant::{self, Encoded, Scheme};
 
 /// Which container to write.
@@ -151,6 +151,10 @@ fn encode(
     gguf: bool,
 ) -> Result<(Encoded, ErrorStats), String> {
     let scheme = p.scheme.expect("only float tensors are encoded");
+    if p.reason == Reason::AsStored {
+        return kept_as_is(model, t, scheme, gguf)
+            .ok_or_else(|| format!("Tensor `{}` cannot be kept as stored", t.name));
+    }
     let src = tensor_f32(model, t)?;
     let row = t.row_len() as usize;
     let rows = src.len() / row.max(1);
@@ -175,6 +179,28 @@ fn encode(
     quant::decode(scheme, &enc, row, &mut back).map_err(fail)?;
     let error = ErrorStats::between(&src, &back);
     Ok((enc, error))
+}
+
+/// A tensor planned as stored keeps its bytes: decoding and re-encoding a
+/// block type is not exact (K-quants' scale search need not find the same
+/// scales again), copying is. Only plans say so (`Reason::AsStored`):
+/// `--scheme X` on an X source re-quantizes, as llama-quantize does.
+fn kept_as_is(
+    model: &Model,
+    t: &Tensor,
+    scheme: Scheme,
+    permuted: bool,
+) -> Option<(Encoded, ErrorStats)> {
+    let stored = source_type(t)?;
+    let same = model.gguf().is_some() && !permuted && quant::ggml_type(scheme) == Some(stored);
+    same.then(|| {
+        let enc = Encoded {
+            data: model.tensor_bytes(t).to_vec(),
+            scales: Vec::new(),
+            zeros: Vec::new(),
+        };
+        (enc, ErrorStats::exact())
+    })
 }
 
 fn report(

@@ -56,6 +56,16 @@ pub(crate) fn chunk_sums(a: &[f32], b: &[f32]) -> Partial {
 }
 
 impl ErrorStats {
+    /// A reconstruction equal to its original.
+    pub fn exact() -> Self {
+        Self {
+            rmse: 0.0,
+            rel_rmse: 0.0,
+            sqnr_db: f64::INFINITY,
+            max_abs_err: 0.0,
+        }
+    }
+
     /// Compares `orig` with `recon` (same length).
     pub fn between(orig: &[f32], recon: &[f32]) -> Self {
         let partials: Vec<(f64, f64, f64, f64)> = orig

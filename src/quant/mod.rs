@@ -64,6 +64,27 @@ pub fn ggml_type(scheme: Scheme) -> Option<GgmlType> {
     })
 }
 
+/// The scheme that writes ggml type `ty` (the inverse of [`ggml_type`]).
+pub fn scheme_of(ty: GgmlType) -> Option<Scheme> {
+    [
+        Scheme::F32,
+        Scheme::F16,
+        Scheme::BF16,
+        Scheme::Q8_0,
+        Scheme::Q5_1,
+        Scheme::Q5_0,
+        Scheme::Q4_1,
+        Scheme::Q4_0,
+        Scheme::Q6K,
+        Scheme::Q5K,
+        Scheme::Q4K,
+        Scheme::Q3K,
+        Scheme::Q2K,
+    ]
+    .into_iter()
+    .find(|&s| ggml_type(s) == Some(ty))
+}
+
 /// Elements per block (or group) a row must be a multiple of.
 pub fn block_elems(scheme: Scheme) -> usize {
     match scheme {

@@ -20,7 +20,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::memory::Footprint;
-use crate::model::{Model, Tensor, TensorRole};
+use crate::model::{Model, Tensor, TensorDtype, TensorRole};
 use crate::quant::{self, Scheme};
 
 /// Why a tensor got a scheme other than the preset's base.
@@ -41,6 +41,8 @@ pub enum Reason {
     TargetRestricted { wanted: String },
     /// Chosen by the `--bpw` search.
     BitBudget,
+    /// Kept in the block type the source stores it in, bytes copied.
+    AsStored,
 }
 
 impl fmt::Display for Reason {
@@ -58,6 +60,7 @@ impl fmt::Display for Reason {
             }
             Reason::TargetRestricted { wanted } => write!(f, "target does not run {wanted}"),
             Reason::BitBudget => f.write_str("bpw search"),
+            Reason::AsStored => f.write_str("kept as stored (lossless)"),
         }
     }
 }
@@ -303,6 +306,12 @@ pub fn fit(
     c: &Constraints,
     footprint_of: &dyn Fn(&Plan) -> Option<Footprint>,
 ) -> Result<FitResult, String> {
+    if let Some(kept) = as_stored(model, c) {
+        match footprint_of(&kept) {
+            Some(fp) if !fp.fits() => {}
+            _ => return Ok(Ok(kept)),
+        }
+    }
     let mut smallest: Option<(Plan, Footprint)> = None;
     let source_bits = source_bits_per_weight(model);
     for preset in Preset::ladder(c.gguf) {
@@ -343,6 +352,48 @@ pub fn fit(
             "No scheme the target runs ({runs}) can be written as {} for this model",
             if c.gguf { "GGUF" } else { "safetensors" }
         )
+    })
+}
+
+/// The plan that changes nothing: a GGUF source whose weights are already
+/// block-quantized, every tensor in the type it is stored in, when the
+/// target runs all of them. Any other type re-encodes decoded blocks and
+/// only adds error (a Q4_K_M source made Q8_0 is larger and no better), so
+/// `--fit` takes this first whenever it fits.
+fn as_stored(model: &Model, c: &Constraints) -> Option<Plan> {
+    let block_quantized =
+        |t: &Tensor| matches!(t.dtype, TensorDtype::Ggml(g) if g.block_elems() > 1);
+    if model.gguf().is_none() || !c.gguf || !model.tensors.iter().any(block_quantized) {
+        return None;
+    }
+    let mut tensors = Vec::with_capacity(model.tensors.len());
+    for t in model.tensors.iter().filter(|t| t.dtype.is_float()) {
+        let TensorDtype::Ggml(stored) = t.dtype else {
+            return None;
+        };
+        let scheme = quant::scheme_of(stored)?;
+        let runs = c.allowed.as_ref().is_none_or(|a| a.contains(&scheme));
+        if is_quantizable(t) && !runs {
+            return None;
+        }
+        tensors.push(TensorPlan {
+            name: t.name.clone(),
+            role: t.role,
+            shape: t.shape.clone(),
+            n_elems: t.n_elems,
+            scheme: Some(scheme),
+            bytes: t.n_bytes,
+            reason: Reason::AsStored,
+        });
+    }
+    let file_type = model
+        .metadata()
+        .get("general.file_type")
+        .and_then(|v| v.parse::<u32>().ok())
+        .and_then(crate::llamacpp::file_type_name);
+    Some(Plan {
+        preset: file_type.unwrap_or("as stored").to_string(),
+        tensors,
     })
 }
 

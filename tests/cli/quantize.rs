@@ -152,22 +152,32 @@ fn fit_picks_per_target_and_exits_1_when_nothing_fits() {
 }
 
 /// An already-quantized source is never upcast (F16 or Q8_0 of a Q4_1 file
-/// add bytes, not accuracy): a roomy device keeps it at its own format.
+/// add bytes, not accuracy) nor moved to another lossy type (Q5_1 of a
+/// Q4_K_M file): where it fits, `--fit` keeps every tensor as stored, bytes
+/// copied, so no --allow-requant is needed.
 #[test]
-fn fit_never_plans_more_bits_than_a_quantized_source_has() {
+fn fit_keeps_a_quantized_source_as_stored_where_it_fits() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, v, stderr) = quantize_json(
-        &["--fit", "rpi5-8gb", "--dry-run", "--allow-requant"],
-        &smollm2_gguf(),
-        &dir.path().join("s.gguf"),
-    );
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(v["preset"], "Q4_1", "{v}");
-    let source = std::fs::metadata(smollm2_gguf()).unwrap().len();
-    assert!(
-        v["footprint"]["weights_bytes"].as_u64().unwrap() <= source,
-        "{v}"
-    );
+    for (model, mix) in [(smollm2_gguf(), "Q4_1"), (gemma3_gguf(), "Q4_K_M")] {
+        let out = dir.path().join(format!("{mix}.gguf"));
+        let (code, v, stderr) = quantize_json(&["--fit", "rpi5-8gb"], &model, &out);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(v["preset"], mix, "{v}");
+        assert!(!stderr.contains("re-quantiz"), "{stderr}");
+        let source = std::fs::metadata(&model).unwrap().len();
+        assert!(
+            v["footprint"]["weights_bytes"].as_u64().unwrap() <= source,
+            "{v}"
+        );
+        for t in v["tensors"].as_array().unwrap() {
+            assert_eq!(t["note"], "kept as stored (lossless)", "{t}");
+            assert_eq!(t["rmse"], 0.0, "{t}");
+        }
+        // llama.cpp's reader sees the source's own types and bytes.
+        let read =
+            |p: &Path| -> Value { serde_json::from_str(&run_py("gguf_tensors.py", &[p])).unwrap() };
+        assert_eq!(read(&out), read(&model), "{mix}: tensors changed");
+    }
 }
 
 #[test]
