@@ -704,8 +704,9 @@ pub struct QuantizeArgs {
     /// Output file: `.gguf`, `.safetensors`, `.onnx` or `.tflite`
     #[arg(short, long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Scheme or mix: F32, F16, BF16, Q8_0, Q5_1, Q5_0, Q4_1, Q4_0, Q6_K, Q5_K, Q4_K, Q3_K, Q2_K,
-    /// Q6_K_M, Q5_K_M, Q4_K_M, Q4_K_S, Q3_K_M, int8_pc, int4_g{32,64,128}_{sym,asym}
+    /// Scheme or llama-quantize mix: F32, F16, BF16, Q8_0, Q5_1, Q5_0, Q4_1, Q4_0, Q6_K,
+    /// Q5_K_M (alias Q5_K), Q5_K_S, Q4_K_M (Q4_K), Q4_K_S, Q3_K_L, Q3_K_M (Q3_K), Q3_K_S,
+    /// Q2_K, Q2_K_S, int8_pc, int4_g{32,64,128}_{sym,asym}
     #[arg(long, value_name = "NAME", conflicts_with_all = ["fit", "bpw"])]
     pub scheme: Option<String>,
     /// Restrict every choice to the schemes this target runs
@@ -734,9 +735,42 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]
+    pub tensor_types: TensorTypeArgs,
+    #[command(flatten)]
     pub calibration: CalibrationArgs,
     #[command(flatten)]
     pub tflite: TfliteArgs,
+}
+
+/// `llama-quantize`'s per-tensor overrides, same names and precedence.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Per-tensor types (as llama-quantize)")]
+pub struct TensorTypeArgs {
+    /// Every weight matrix at the scheme's base type: no mix rules, no head
+    /// rule (rows that are not whole blocks still fall back)
+    #[arg(long)]
+    pub pure: bool,
+    /// PATTERN=TYPE: tensors whose llama.cpp name matches the regular
+    /// expression get TYPE (first match wins; repeatable)
+    #[arg(long, value_name = "PATTERN=TYPE")]
+    pub tensor_type: Vec<crate::quant::plan::TensorTypeRule>,
+    /// Type of the output head (`output.weight`)
+    #[arg(long, value_name = "TYPE")]
+    pub output_tensor_type: Option<crate::quant::Scheme>,
+    /// Type of the token embedding (`token_embd.weight`)
+    #[arg(long, value_name = "TYPE")]
+    pub token_embedding_type: Option<crate::quant::Scheme>,
+}
+
+impl TensorTypeArgs {
+    pub fn overrides(&self) -> crate::quant::plan::Overrides {
+        crate::quant::plan::Overrides {
+            pure: self.pure,
+            output: self.output_tensor_type,
+            token_embedding: self.token_embedding_type,
+            tensor_types: self.tensor_type.clone(),
+        }
+    }
 }
 
 /// Static int8 calibration of activations (ONNX and TFLite `int8_pc`).

@@ -19,12 +19,15 @@ pub fn file_type(scheme_name: &str) -> u32 {
         "Q5_0" => 8,
         "Q5_1" => 9,
         "Q2_K" => 10,
+        "Q3_K_S" => 11,
         "Q3_K_M" | "Q3_K" => 12,
+        "Q3_K_L" => 13,
         "Q4_K_S" => 14,
         "Q4_K_M" | "Q4_K" => 15,
-        "Q5_K_S" | "Q5_K" => 16,
-        "Q5_K_M" => 17,
-        "Q6_K" | "Q6_K_M" => 18,
+        "Q5_K_S" => 16,
+        "Q5_K_M" | "Q5_K" => 17,
+        "Q6_K" => 18,
+        "Q2_K_S" => 21,
         "BF16" => 32,
         _ => 7,
     }
@@ -33,8 +36,8 @@ pub fn file_type(scheme_name: &str) -> u32 {
 /// The mix name of a GGUF's `general.file_type` (`LLAMA_FTYPE_*`).
 pub fn file_type_name(file_type: u32) -> Option<&'static str> {
     [
-        "F32", "F16", "Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_S", "Q4_K_M",
-        "Q5_K_S", "Q5_K_M", "Q6_K", "BF16",
+        "F32", "F16", "Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L",
+        "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q2_K_S", "BF16",
     ]
     .into_iter()
     .find(|&name| self::file_type(name) == file_type)

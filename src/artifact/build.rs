@@ -592,15 +592,7 @@ pub(super) fn build_target(
         "auto" => crate::profile::accounting::wants_gguf(target),
         other => other == "gguf",
     };
-    let constraints = Constraints {
-        allowed: Some(target.allowed_schemes()),
-        gguf,
-        tied_output: model.architecture.is_decoder()
-            && !model
-                .tensors
-                .iter()
-                .any(|t| t.name == "output.weight" || t.name == "lm_head.weight"),
-    };
+    let constraints = Constraints::for_model(&model, Some(target.allowed_schemes()), gguf);
     let footprint_of = |p: &plan::Plan| Some(super::footprint_on(&model, target, p.total_bytes()));
     let plan = match plan::fit(&model, &constraints, &footprint_of)
         .map_err(|m| ArtifactError::at(source, m))?

@@ -69,15 +69,12 @@ pub fn quantize(
     if let Some(t) = &target {
         warn_if_no_runtime_loads(t, format, printer);
     }
-    let constraints = Constraints {
-        allowed: target.as_ref().map(Target::allowed_schemes),
-        gguf: format == OutputFormat::Gguf,
-        tied_output: model.architecture.is_decoder()
-            && !model
-                .tensors
-                .iter()
-                .any(|t| t.name == "output.weight" || t.name == "lm_head.weight"),
-    };
+    let mut constraints = Constraints::for_model(
+        &model,
+        target.as_ref().map(Target::allowed_schemes),
+        format == OutputFormat::Gguf,
+    );
+    constraints.overrides = args.tensor_types.overrides();
     let context = resolve_context(&model, target.as_ref(), args.context)?;
     let footprint_of = |plan: &Plan| {
         target.as_ref().map(|t| {
@@ -153,7 +150,7 @@ pub fn quantize(
         .map(|t| t.n_bytes)
         .sum();
     let tensors = if args.dry_run {
-        Vec::new()
+        apply::preview(&model, &plan, format)
     } else {
         let bar = printer.bytes_bar(bytes_before, "quantizing");
         let name = args
@@ -250,15 +247,23 @@ fn render(r: &Report<'_>, plan: &Plan) -> String {
             "tensor", "scheme", "bpw", "rel rmse", "sqnr dB", "max err"
         );
         for t in &r.tensors {
+            let error = t.error.as_ref().map_or_else(
+                || format!("{:>9} {:>8} {:>9}", "-", "-", "-"),
+                |e| {
+                    format!(
+                        "{:>9.5} {:>8.1} {:>9.5}",
+                        e.rel_rmse,
+                        e.sqnr_db.min(999.0),
+                        e.max_abs_err
+                    )
+                },
+            );
             let _ = writeln!(
                 out,
-                "{:<44} {:<8} {:>6.2} {:>9.5} {:>8.1} {:>9.5}  {}",
+                "{:<44} {:<8} {:>6.2} {error}  {}",
                 sanitize(&t.out_name),
                 t.scheme,
                 t.bits_per_weight,
-                t.error.rel_rmse,
-                t.error.sqnr_db.min(999.0),
-                t.error.max_abs_err,
                 t.note
             );
         }

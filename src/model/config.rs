@@ -130,6 +130,18 @@ impl Architecture {
         }
     }
 
+    /// Query heads per key/value head (llama.cpp's `n_gqa`): 1 without
+    /// grouped-query attention and for families whose heads we do not read.
+    pub fn gqa(&self) -> usize {
+        let (heads, kv) = match self {
+            Architecture::Llama(c) => (c.num_attention_heads, c.kv_heads()),
+            Architecture::LlamaLike(c) => (c.base.num_attention_heads, c.base.kv_heads()),
+            Architecture::Gemma3(c) => (c.num_attention_heads, c.num_key_value_heads),
+            Architecture::Bert(_) | Architecture::Other { .. } => return 1,
+        };
+        (heads / kv.max(1)).max(1)
+    }
+
     /// Model width (d_model), when known.
     pub fn hidden_size(&self) -> Option<usize> {
         match self {

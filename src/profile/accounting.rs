@@ -92,15 +92,7 @@ pub fn wants_gguf(target: &Target) -> bool {
 
 /// Planner constraints for `model` on `target`.
 pub fn constraints(model: &Model, target: &Target) -> Constraints {
-    Constraints {
-        allowed: Some(target.allowed_schemes()),
-        gguf: wants_gguf(target),
-        tied_output: model.architecture.is_decoder()
-            && !model
-                .tensors
-                .iter()
-                .any(|t| t.name == "output.weight" || t.name == "lm_head.weight"),
-    }
+    Constraints::for_model(model, Some(target.allowed_schemes()), wants_gguf(target))
 }
 
 /// One scheme's plan on one target, with its memory against the budget.

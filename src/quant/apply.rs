@@ -41,8 +41,9 @@ pub struct TensorReport {
     pub bits_per_weight: f64,
     pub bytes_before: u64,
     pub bytes_after: u64,
-    #[serde(flatten)]
-    pub error: ErrorStats,
+    /// Measured when the tensor is encoded; `None` in a dry run's plan.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorStats>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub note: String,
 }
@@ -97,12 +98,35 @@ pub struct Output<'a> {
 
 /// Quantizes and writes every planned tensor; returns the per-tensor report.
 pub fn write(model: &Model, plan: &Plan, out: &Output<'_>) -> Result<Vec<TensorReport>, String> {
-    let planned: Vec<(&TensorPlan, &Tensor, String)> = plan
+    let planned = planned(model, plan, out.format);
+    match out.format {
+        OutputFormat::Gguf => write_gguf(model, plan, &planned, out),
+        OutputFormat::Safetensors => write_safetensors(model, &planned, out),
+    }
+}
+
+/// The report rows `write` would give, in file order, without encoding
+/// anything (no error measured): what `--dry-run` shows.
+pub fn preview(model: &Model, plan: &Plan, format: OutputFormat) -> Vec<TensorReport> {
+    planned(model, plan, format)
+        .into_iter()
+        .map(|(p, t, name)| report(p, t, &name, p.bytes, None))
+        .collect()
+}
+
+/// Each planned tensor with its source tensor and output name, in the order
+/// the file holds them.
+fn planned<'p>(
+    model: &'p Model,
+    plan: &'p Plan,
+    format: OutputFormat,
+) -> Vec<(&'p TensorPlan, &'p Tensor, String)> {
+    let mut planned: Vec<(&TensorPlan, &Tensor, String)> = plan
         .tensors
         .iter()
         .filter_map(|p| {
             let t = model.tensor(&p.name)?;
-            let name = match out.format {
+            let name = match format {
                 OutputFormat::Gguf if model.gguf().is_none() => {
                     llamacpp::tensor_name(&model.architecture, &p.name)?
                 }
@@ -111,10 +135,10 @@ pub fn write(model: &Model, plan: &Plan, out: &Output<'_>) -> Result<Vec<TensorR
             Some((p, t, name))
         })
         .collect();
-    match out.format {
-        OutputFormat::Gguf => write_gguf(model, plan, &planned, out),
-        OutputFormat::Safetensors => write_safetensors(model, &planned, out),
+    if format == OutputFormat::Gguf && model.gguf().is_some() {
+        planned.sort_by(|a, b| llama_quantize_order(&a.2, &b.2));
     }
+    planned
 }
 
 /// A planned tensor encoded exactly as `write` puts it in a GGUF file: its
@@ -208,7 +232,7 @@ fn report(
     t: &Tensor,
     out_name: &str,
     bytes_after: u64,
-    error: ErrorStats,
+    error: Option<ErrorStats>,
 ) -> TensorReport {
     TensorReport {
         name: p.name.clone(),
@@ -223,6 +247,34 @@ fn report(
     }
 }
 
+/// ggml's block layout version, which llama.cpp stamps on every quantized file.
+const GGML_QNT_VERSION: u32 = 2;
+
+/// Keys `llama-quantize` sets afresh or drops rather than copies.
+fn is_rewritten_key(key: &str) -> bool {
+    matches!(
+        key,
+        "general.quantization_version"
+            | "general.file_type"
+            | "split.no"
+            | "split.count"
+            | "split.tensors.count"
+    )
+}
+
+/// The order `llama-quantize` writes tensors in (its loader's
+/// `weight_name_comparer`): tensors outside the blocks first, then block by
+/// block, by name within each.
+fn llama_quantize_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let block = |name: &str| {
+        name.strip_prefix("blk.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(-1)
+    };
+    block(a).cmp(&block(b)).then_with(|| a.cmp(b))
+}
+
 fn write_gguf(
     model: &Model,
     plan: &Plan,
@@ -231,19 +283,21 @@ fn write_gguf(
 ) -> Result<Vec<TensorReport>, String> {
     let file_type = llamacpp::file_type(&plan.preset);
     let metadata = match model.gguf() {
+        // As `llama-quantize` writes it: the source's keys, less the split
+        // keys, then the quantization version and the file type appended
+        // last (setting a key moves it to the end).
         Some(src) => src
             .metadata()
             .iter()
-            .map(|(k, v)| {
+            .filter(|(k, _)| !is_rewritten_key(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain([
                 (
-                    k.clone(),
-                    if k == "general.file_type" {
-                        MetaValue::U32(file_type)
-                    } else {
-                        v.clone()
-                    },
-                )
-            })
+                    "general.quantization_version".to_string(),
+                    MetaValue::U32(GGML_QNT_VERSION),
+                ),
+                ("general.file_type".to_string(), MetaValue::U32(file_type)),
+            ])
             .collect(),
         None => llamacpp::hf_metadata(model, file_type, out.name)?,
     };
@@ -269,7 +323,7 @@ fn write_gguf(
     for (p, t, name) in planned {
         let (enc, err) = encode(model, p, t, model.gguf().is_none())?;
         stream.write_tensor(&enc.data).map_err(|e| e.to_string())?;
-        reports.push(report(p, t, name, enc.data.len() as u64, err));
+        reports.push(report(p, t, name, enc.data.len() as u64, Some(err)));
         out.progress.inc(t.n_bytes);
     }
     stream.finish().map_err(|e| e.to_string())?;
@@ -369,7 +423,7 @@ fn write_safetensors(
             stream
                 .write_tensor(model.tensor_bytes(t))
                 .map_err(|e| e.to_string())?;
-            reports.push(report(p, t, name, t.n_bytes, ErrorStats::default()));
+            reports.push(report(p, t, name, t.n_bytes, Some(ErrorStats::default())));
         } else {
             let (enc, err) = encode(model, p, t, false)?;
             let mut bytes = 0;
@@ -379,7 +433,7 @@ fn write_safetensors(
                     bytes += part.len() as u64;
                 }
             }
-            reports.push(report(p, t, name, bytes, err));
+            reports.push(report(p, t, name, bytes, Some(err)));
         }
         out.progress.inc(t.n_bytes);
     }

@@ -22,6 +22,8 @@ fn ladder(gguf: bool) -> Vec<Scheme> {
             Scheme::Q4K,
             Scheme::Q4_1,
             Scheme::Q4_0,
+            Scheme::Q3K,
+            Scheme::Q2K,
         ]
     } else {
         SAFETENSORS_LADDER.to_vec()
@@ -35,7 +37,8 @@ struct Options {
 }
 
 /// Rewrites the schemes of `plan`'s weight matrices to reach `target_bpw`.
-/// Errs with the lowest reachable average when `target_bpw` is below it.
+/// Errs, naming the reachable range, when `target_bpw` is below the smallest
+/// plan or above the largest.
 pub fn fit_bits(
     model: &Model,
     plan: &mut Plan,
@@ -95,6 +98,12 @@ pub fn fit_bits(
         let tuned: u64 = options.iter().flatten().map(|o| o.steps[o.at].1).sum();
         (fixed + tuned) as f64 * 8.0 / params
     };
+    let largest = bits(&options);
+    if target_bpw > largest + 1e-9 {
+        return Err(format!(
+            "{target_bpw} bits per weight is out of reach: the largest plan (every tensor at its best scheme) averages {largest:.3}"
+        ));
+    }
     while bits(&options) > target_bpw {
         // The cheapest step down: least added error per byte saved.
         let best = options

@@ -12,6 +12,7 @@ pub mod grouped;
 pub mod kquants;
 pub mod legacy;
 pub mod metrics;
+pub mod mixes;
 pub mod plan;
 pub mod qdq;
 pub mod scheme;

@@ -1,15 +1,16 @@
 //! The quantization plan: which scheme each tensor gets, and why.
 //!
-//! Rules, in the order they apply:
+//! Rules, in the order they apply (`llama-quantize`'s order):
 //! 1. integer buffers are kept (safetensors) or dropped (GGUF, which llama.cpp
 //!    does not load), 1-D tensors and norms stay F32;
-//! 2. the preset picks a scheme by role and layer, in the spirit of
-//!    llama.cpp's `llama_tensor_get_type` (output head at Q6_K, `attn_v` and
-//!    `ffn_down` given more bits in the first and last eighth of the layers);
-//! 3. a row width that is not a whole number of blocks falls back to the
+//! 2. `--token-embedding-type` / `--output-tensor-type`, then the first
+//!    `--tensor-type` pattern that matches;
+//! 3. else, unless `--pure`, the preset's rules: a K-quant mix's per-layer
+//!    raises ([`mixes`]), and for every quantized type the output head rule;
+//! 4. a row width that is not a whole number of blocks falls back to the
 //!    nearest format that fits (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, as
 //!    llama.cpp does; 32-blocks -> F16);
-//! 4. the target's allowed schemes replace any other choice by the nearest
+//! 5. the target's allowed schemes replace any other choice by the nearest
 //!    allowed one that fits.
 //!
 //! Every override is recorded in [`TensorPlan::reason`] so the report can say so.
@@ -20,7 +21,8 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::memory::Footprint;
-use crate::model::{Model, Tensor, TensorDtype, TensorRole};
+use crate::model::{Architecture, Model, Tensor, TensorDtype, TensorRole};
+use crate::quant::mixes::{self, Mix};
 use crate::quant::{self, Scheme};
 
 /// Why a tensor got a scheme other than the preset's base.
@@ -41,6 +43,9 @@ pub enum Reason {
     TargetRestricted { wanted: String },
     /// Chosen by the `--bpw` search.
     BitBudget,
+    /// Set by a per-tensor flag (`--tensor-type`, `--output-tensor-type`,
+    /// `--token-embedding-type`).
+    Override { flag: String },
     /// Kept in the block type the source stores it in, bytes copied.
     AsStored,
 }
@@ -60,6 +65,7 @@ impl fmt::Display for Reason {
             }
             Reason::TargetRestricted { wanted } => write!(f, "target does not run {wanted}"),
             Reason::BitBudget => f.write_str("bpw search"),
+            Reason::Override { flag } => write!(f, "{flag}"),
             Reason::AsStored => f.write_str("kept as stored (lossless)"),
         }
     }
@@ -83,16 +89,12 @@ pub struct TensorPlan {
 /// A named recipe of per-tensor choices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
-    /// One scheme for every weight matrix (output head at Q6_K for GGUF block
-    /// schemes below Q6_K, as llama.cpp does).
+    /// One scheme for every weight matrix; for GGUF block schemes the output
+    /// head follows llama.cpp's head rule (Q6_K, Q8_0 where its row is not
+    /// whole blocks), as `llama-quantize Q4_0` does.
     Uniform(Scheme),
-    /// A K-quant mix: `base` everywhere, `more` on the sensitive tensors.
-    KMix {
-        name: &'static str,
-        base: Scheme,
-        more: Scheme,
-        all_sensitive_layers: bool,
-    },
+    /// A `llama-quantize` K-quant mix: its per-tensor rules.
+    Mix(Mix),
 }
 
 /// safetensors encodings, most bits first: what `--fit` and `--bpw` walk down.
@@ -117,48 +119,16 @@ pub const SAFETENSORS_LADDER: [Scheme; 6] = [
     },
 ];
 
-/// The K-quant mixes, named as llama.cpp names them.
-pub const KMIXES: [Preset; 5] = [
-    Preset::KMix {
-        name: "Q6_K_M",
-        base: Scheme::Q6K,
-        more: Scheme::Q8_0,
-        all_sensitive_layers: false,
-    },
-    Preset::KMix {
-        name: "Q5_K_M",
-        base: Scheme::Q5K,
-        more: Scheme::Q6K,
-        all_sensitive_layers: true,
-    },
-    Preset::KMix {
-        name: "Q4_K_M",
-        base: Scheme::Q4K,
-        more: Scheme::Q6K,
-        all_sensitive_layers: true,
-    },
-    Preset::KMix {
-        name: "Q4_K_S",
-        base: Scheme::Q4K,
-        more: Scheme::Q5K,
-        all_sensitive_layers: false,
-    },
-    Preset::KMix {
-        name: "Q3_K_M",
-        base: Scheme::Q3K,
-        more: Scheme::Q5K,
-        all_sensitive_layers: true,
-    },
-];
-
 impl Preset {
-    /// Parses a scheme name (`Q8_0`, `int8_pc`) or a mix name (`Q4_K_M`).
+    /// Parses a `llama-quantize` type name (`Q4_K_M`, `Q2_K`, and its
+    /// aliases `Q3_K`, `Q4_K`, `Q5_K` for the `_M` mixes) or a scheme name
+    /// (`Q8_0`, `int8_pc`).
     pub fn parse(name: &str) -> Result<Preset, String> {
-        if let Some(mix) = KMIXES.iter().find(|p| p.name().eq_ignore_ascii_case(name)) {
-            return Ok(*mix);
+        if let Some(mix) = Mix::parse(name) {
+            return Ok(Preset::Mix(mix));
         }
         name.parse::<Scheme>().map(Preset::Uniform).map_err(|e| {
-            let mixes: Vec<String> = KMIXES.iter().map(Preset::name).collect();
+            let mixes: Vec<&str> = Mix::ALL.iter().map(|m| m.name()).collect();
             format!("{e}; or a mix: {}", mixes.join(", "))
         })
     }
@@ -167,37 +137,45 @@ impl Preset {
     pub fn name(&self) -> String {
         match self {
             Preset::Uniform(s) => s.name(),
-            Preset::KMix { name, .. } => (*name).to_string(),
+            Preset::Mix(m) => m.name().to_string(),
         }
     }
 
     /// The scheme most tensors get.
     pub fn base(&self) -> Scheme {
         match self {
-            Preset::Uniform(s) | Preset::KMix { base: s, .. } => *s,
+            Preset::Uniform(s) => *s,
+            Preset::Mix(m) => m.base(),
         }
     }
 
     /// The presets `--fit` tries, best quality first, for one output family.
     pub fn ladder(gguf: bool) -> Vec<Preset> {
         if gguf {
-            // Ordered by size, legacy formats between the K mixes: the
-            // legacy ones keep an already-quantized source (say Q4_1) as it is.
-            let mut ladder = vec![
-                Preset::Uniform(Scheme::F16),
-                Preset::Uniform(Scheme::Q8_0),
-                KMIXES[0],
-                Preset::Uniform(Scheme::Q5_1),
-                KMIXES[1],
-                Preset::Uniform(Scheme::Q5_0),
-                Preset::Uniform(Scheme::Q4_1),
-                KMIXES[2],
-                KMIXES[3],
-            ];
-            ladder.push(Preset::Uniform(Scheme::Q4_0));
-            ladder.extend(&KMIXES[4..]);
-            ladder.extend([Preset::Uniform(Scheme::Q3K), Preset::Uniform(Scheme::Q2K)]);
-            ladder
+            // By size, largest first, legacy formats between the K mixes:
+            // the legacy ones keep an already-quantized source (say Q4_1)
+            // as it is.
+            let mix = Preset::Mix;
+            let uniform = Preset::Uniform;
+            vec![
+                uniform(Scheme::F16),
+                uniform(Scheme::Q8_0),
+                uniform(Scheme::Q6K),
+                uniform(Scheme::Q5_1),
+                mix(Mix::Q5KM),
+                mix(Mix::Q5KS),
+                uniform(Scheme::Q5_0),
+                uniform(Scheme::Q4_1),
+                mix(Mix::Q4KM),
+                mix(Mix::Q4KS),
+                uniform(Scheme::Q4_0),
+                mix(Mix::Q3KL),
+                mix(Mix::Q3KM),
+                mix(Mix::Q3KS),
+                // Not Q2_K_S: llama-quantize refuses it without an
+                // importance matrix, as too lossy.
+                mix(Mix::Q2K),
+            ]
         } else {
             SAFETENSORS_LADDER
                 .into_iter()
@@ -214,9 +192,70 @@ pub struct Constraints {
     pub allowed: Option<BTreeSet<Scheme>>,
     /// Writing GGUF (integer buffers dropped, names converted).
     pub gguf: bool,
-    /// The token embedding doubles as the output head (tied weights), so it
-    /// gets the head's rule.
+    /// The token embedding doubles as the output head (no separate head
+    /// tensor), so it gets the head's rule, as llama.cpp decides it.
     pub tied_output: bool,
+    /// Query heads per KV head: the Q2_K mixes raise `attn_v` further at 4.
+    pub gqa: usize,
+    /// The family, to match `--tensor-type` patterns against llama.cpp's
+    /// tensor names when the source uses Hugging Face's.
+    pub architecture: Option<Architecture>,
+    pub overrides: Overrides,
+}
+
+impl Constraints {
+    /// The constraints of writing `model` (as GGUF or not) for a target
+    /// that runs `allowed`.
+    pub fn for_model(model: &Model, allowed: Option<BTreeSet<Scheme>>, gguf: bool) -> Constraints {
+        let has_head = model
+            .tensors
+            .iter()
+            .any(|t| mixes::Category::of(&t.name) == mixes::Category::Output);
+        Constraints {
+            allowed,
+            gguf,
+            tied_output: !has_head,
+            gqa: model.architecture.gqa(),
+            architecture: Some(model.architecture.clone()),
+            overrides: Overrides::default(),
+        }
+    }
+}
+
+/// `llama-quantize`'s per-tensor overrides, which win over the preset.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--pure`: every weight matrix at the preset's base type, no mix
+    /// rules (row fallbacks still apply).
+    pub pure: bool,
+    /// `--output-tensor-type`.
+    pub output: Option<Scheme>,
+    /// `--token-embedding-type`.
+    pub token_embedding: Option<Scheme>,
+    /// `--tensor-type PATTERN=TYPE`, first match wins.
+    pub tensor_types: Vec<TensorTypeRule>,
+}
+
+/// One `--tensor-type PATTERN=TYPE`: a regular expression searched for in
+/// the tensor's llama.cpp name (or its source name).
+#[derive(Debug, Clone)]
+pub struct TensorTypeRule {
+    pub pattern: regex::Regex,
+    pub scheme: Scheme,
+}
+
+impl std::str::FromStr for TensorTypeRule {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (pattern, ty) = spec
+            .rsplit_once('=')
+            .ok_or_else(|| format!("`{spec}` is not PATTERN=TYPE"))?;
+        let scheme = ty.parse::<Scheme>().map_err(|e| e.to_string())?;
+        let pattern = regex::Regex::new(pattern)
+            .map_err(|e| format!("`{pattern}` is not a regular expression: {e}"))?;
+        Ok(TensorTypeRule { pattern, scheme })
+    }
 }
 
 /// A whole-model plan.
@@ -433,7 +472,7 @@ fn choose(
     if !is_quantizable(t) {
         return Ok((Scheme::F32, Reason::KeptF32));
     }
-    let (wanted, mut reason) = preset_choice(t, preset, n_layers, c.tied_output);
+    let (wanted, mut reason) = preset_choice(t, preset, n_layers, c);
     let mut scheme = wanted;
     if !quant::supports_row(scheme, t.row_len()) {
         scheme = row_fallback(scheme, t.row_len());
@@ -466,98 +505,98 @@ fn choose(
     Ok((scheme, reason))
 }
 
-/// The preset's choice before any fallback.
-fn preset_choice(
-    t: &Tensor,
-    preset: Preset,
-    n_layers: usize,
-    tied_output: bool,
-) -> (Scheme, Reason) {
-    let is_head = t.role == TensorRole::Head
-        || (tied_output && t.role == TensorRole::Embedding && is_token_embedding(&t.name));
-    match preset {
-        Preset::Uniform(s) => {
-            let low_block =
-                s.is_gguf() && quant::bits_per_weight(s) < quant::bits_per_weight(Scheme::Q6K);
-            if is_head && low_block {
-                (
-                    Scheme::Q6K,
-                    Reason::Preset {
-                        rule: "output head at Q6_K".into(),
-                    },
-                )
-            } else {
-                (s, Reason::Base)
-            }
+/// The type before any fallback, decided as `llama-quantize` decides it:
+/// `--token-embedding-type` and `--output-tensor-type` first, then (for a
+/// quantized base) the first `--tensor-type` pattern that matches, else the
+/// mix's rules unless `--pure`.
+fn preset_choice(t: &Tensor, preset: Preset, n_layers: usize, c: &Constraints) -> (Scheme, Reason) {
+    let o = &c.overrides;
+    let category = mixes::Category::of(&t.name);
+    let flagged = |flag: &str, scheme: Scheme| {
+        (
+            scheme,
+            Reason::Override {
+                flag: format!("{flag} {scheme}"),
+            },
+        )
+    };
+    match (category, o.token_embedding, o.output) {
+        (mixes::Category::TokenEmbedding, Some(s), _) => {
+            return flagged("--token-embedding-type", s)
         }
-        Preset::KMix {
-            base,
-            more,
-            all_sensitive_layers,
-            ..
-        } => {
-            if is_head {
-                let head = if quant::bits_per_weight(more) > quant::bits_per_weight(Scheme::Q6K) {
-                    more
-                } else {
-                    Scheme::Q6K
-                };
-                return (
-                    head,
-                    Reason::Preset {
-                        rule: format!("output head at {head}"),
-                    },
-                );
-            }
-            let sensitive = is_sensitive(&t.name);
-            let layer = layer_index(&t.name);
-            let more_bits = match layer {
-                Some(i) if all_sensitive_layers => use_more_bits(i, n_layers),
-                Some(i) => i < n_layers.div_ceil(8),
-                None => false,
-            };
-            if sensitive && more_bits {
-                (
-                    more,
-                    Reason::Preset {
-                        rule: format!("attn_v/ffn_down of layer {} at {more}", layer.unwrap_or(0)),
-                    },
-                )
-            } else {
-                (base, Reason::Base)
-            }
-        }
+        (mixes::Category::Output, _, Some(s)) => return flagged("--output-tensor-type", s),
+        _ => {}
+    }
+    let base = preset.base();
+    if !base.is_quantized() {
+        return (base, Reason::Base);
+    }
+    if let Some(rule) = matching_rule(t, c) {
+        let flag = format!("--tensor-type {}={}", rule.pattern.as_str(), rule.scheme);
+        return (rule.scheme, Reason::Override { flag });
+    }
+    if o.pure {
+        return (base, Reason::Base);
+    }
+    let site = mixes::Site {
+        category,
+        layer: layer_index(&t.name),
+        n_layers,
+        gqa: c.gqa.max(1),
+        tied: c.tied_output,
+        row_len: t.row_len(),
+    };
+    let raised = match preset {
+        Preset::Mix(mix) => mixes::raise(mix, &site),
+        // A single-type file still gets llama.cpp's head rule, where it is a
+        // GGUF block type (`llama-quantize Q4_0` writes the head Q6_K).
+        Preset::Uniform(s) if s.is_gguf() => mixes::head_raise(s, &site),
+        Preset::Uniform(_) => None,
+    };
+    match raised {
+        Some(s) if s != base => (
+            s,
+            Reason::Preset {
+                rule: rule_name(&site, s),
+            },
+        ),
+        _ => (base, Reason::Base),
     }
 }
 
-/// llama.cpp's choice of layers that get more bits: the first and last
-/// eighth, and every third layer in between.
-fn use_more_bits(layer: usize, n_layers: usize) -> bool {
-    let eighth = n_layers / 8;
-    layer < eighth || layer >= 7 * n_layers / 8 || (layer - eighth) % 3 == 2
+/// The first `--tensor-type` rule whose pattern is found in the tensor's
+/// llama.cpp name or, failing that, its source name.
+fn matching_rule<'c>(t: &Tensor, c: &'c Constraints) -> Option<&'c TensorTypeRule> {
+    let rules = &c.overrides.tensor_types;
+    if rules.is_empty() {
+        return None;
+    }
+    let gguf_name = c
+        .architecture
+        .as_ref()
+        .and_then(|arch| crate::llamacpp::tensor_name(arch, &t.name));
+    let names: Vec<&str> = gguf_name
+        .iter()
+        .map(String::as_str)
+        .chain([t.name.as_str()])
+        .collect();
+    rules
+        .iter()
+        .find(|r| names.iter().any(|n| r.pattern.is_match(n)))
 }
 
-/// `attn_v` and `ffn_down` (and their Hugging Face names) are where
-/// quantization error hurts most (llama.cpp's experience, kept here).
-fn is_sensitive(name: &str) -> bool {
-    [
-        "attn_v.",
-        "ffn_down.",
-        "self_attn.v_proj",
-        "mlp.down_proj",
-        "attention.self.value",
-        ".output.dense",
-    ]
-    .iter()
-    .any(|p| name.contains(p))
-        && !name.contains("attention.output.dense")
-}
-
-/// The token embedding table (not position or type embeddings).
-fn is_token_embedding(name: &str) -> bool {
-    name.starts_with("token_embd.")
-        || name.contains("embed_tokens.")
-        || name.contains("word_embeddings.")
+/// How the report names the rule that raised a tensor.
+fn rule_name(site: &mixes::Site, scheme: Scheme) -> String {
+    use mixes::Category;
+    let what = match site.category {
+        Category::Output => "output head".to_string(),
+        Category::TokenEmbedding => "tied token embedding (the head)".to_string(),
+        Category::AttentionV => format!("attn_v of layer {}", site.layer.unwrap_or(0)),
+        Category::AttentionOutput => format!("attn_output of layer {}", site.layer.unwrap_or(0)),
+        Category::FfnDown => format!("ffn_down of layer {}", site.layer.unwrap_or(0)),
+        Category::Other => "tensor".to_string(),
+    };
+    format!("{what} at {scheme}")
 }
 
 /// The block index in `blk.N.` / `layers.N.` / `layer.N.` names.

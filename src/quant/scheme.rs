@@ -94,6 +94,12 @@ impl Scheme {
         }
     }
 
+    /// Whether the encoding quantizes (is not a plain float), as
+    /// `ggml_is_quantized` asks before applying any mix rule.
+    pub fn is_quantized(self) -> bool {
+        !matches!(self, Scheme::F32 | Scheme::F16 | Scheme::BF16)
+    }
+
     /// Whether the encoding is a GGUF tensor type (else a safetensors encoding).
     pub fn is_gguf(self) -> bool {
         !matches!(self, Scheme::Int8PerChannel | Scheme::Int4Group { .. })

@@ -13,6 +13,7 @@ mod genai;
 mod gguf;
 mod hostile;
 mod inspect;
+mod mixes;
 mod onnx;
 mod package;
 mod profile;

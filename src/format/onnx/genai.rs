@@ -112,15 +112,7 @@ pub fn export(model: &Model, model_file: &str) -> Result<GenaiFolder, GenaiError
 /// Every weight as the Q4_0 GGUF holds it (the planner's choices: the
 /// tied embedding and norms stay in other types), by llama.cpp name.
 fn q4_0_tensors(model: &Model) -> Result<Tensors, String> {
-    let constraints = Constraints {
-        allowed: None,
-        gguf: true,
-        tied_output: model.architecture.is_decoder()
-            && !model
-                .tensors
-                .iter()
-                .any(|t| t.name == "output.weight" || t.name == "lm_head.weight"),
-    };
+    let constraints = Constraints::for_model(model, None, true);
     let plan = plan::plan(&model.tensors, Preset::Uniform(Scheme::Q4_0), &constraints)?;
     let mut tensors = Tensors::new();
     for p in &plan.tensors {
