@@ -146,9 +146,15 @@ fn make_qkx2_quants(
     // The candidate scales run LANES at a time, one per lane: each
     // candidate's sums keep ggml's sequential order over the weights (the
     // same f32 results), and the compiler vectorizes across candidates.
+    // ggml's loop is sequential in one way that matters: once a candidate
+    // wins, the next ones quantize against its min (and `max - min`). So a
+    // batch is speculative: after its first winner the sweep restarts just
+    // past it with the new min, and the lanes after the winner are dropped.
     const LANES: usize = 8;
-    let range = max - min;
-    for first in (0..=nstep).step_by(LANES) {
+    let mut next = 0;
+    while next <= nstep {
+        let first = next;
+        let range = max - min;
         let mut iscales = [0f32; LANES];
         for (j, isc) in iscales.iter_mut().enumerate() {
             *isc = (rmin + rdelta * (first + j as i32) as f32 + nmax as f32) / range;
@@ -187,16 +193,15 @@ fn make_qkx2_quants(
                 errors[j] += weights[i] * if use_mad { diff.abs() } else { diff * diff };
             }
         }
-        // In candidate order, as ggml's loop: the first strictly better wins.
-        for j in 0..LANES {
-            if valid[j] && errors[j] < best_error {
-                for (li, a) in l[..n].iter_mut().zip(&aux) {
-                    *li = a[j];
-                }
-                best_error = errors[j];
-                scale = scales[j];
-                min = mins[j];
+        next = first + LANES as i32;
+        if let Some(j) = (0..LANES).find(|&j| valid[j] && errors[j] < best_error) {
+            for (li, a) in l[..n].iter_mut().zip(&aux) {
+                *li = a[j];
             }
+            best_error = errors[j];
+            scale = scales[j];
+            min = mins[j];
+            next = first + j as i32 + 1;
         }
     }
     (scale, -min)
