@@ -394,7 +394,8 @@ fn make_q3_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
         *qi = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
         let w = v * v;
         sumlx += w * v * *qi as f32;
-        suml2 += w * (*qi * *qi) as f32;
+        // (w*l)*l as ggml rounds it, not w*(l*l).
+        suml2 += w * *qi as f32 * *qi as f32;
     }
     for _ in 0..5 {
         let mut changed = 0;
@@ -407,7 +408,7 @@ fn make_q3_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
                 let new_l = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1);
                 if new_l != q[i] {
                     slx += w * v * new_l as f32;
-                    sl2 += w * (new_l * new_l) as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
                     if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
                         q[i] = new_l;
                         sumlx = slx;
@@ -424,7 +425,11 @@ fn make_q3_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
     for (o, &qi) in l.iter_mut().zip(&q) {
         *o = (qi + nmax) as u8;
     }
-    sumlx / suml2
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
 }
 
 /// Packs 2-bit codes: byte l of each 32-byte run holds codes l, l+32, l+64, l+96 of a 128 chunk.
