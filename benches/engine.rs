@@ -83,7 +83,7 @@ fn main() {
     let prompt: Vec<u32> = (0..SEQ as u32).map(|i| 300 + (i * 7919) % 40000).collect();
     let s = median_seconds(3, || {
         let mut cache = decoder.new_cache();
-        let _ = decoder.forward(&prompt, &mut cache, false);
+        let _ = decoder.forward(&prompt, &mut cache, 1);
     });
     println!(
         "smollm2 prefill tokens={SEQ} threads={threads}: {:.1} tok/s",
@@ -92,10 +92,10 @@ fn main() {
     let steps = 64;
     let s = median_seconds(3, || {
         let mut cache = decoder.new_cache();
-        let mut logits = decoder.forward(&prompt[..5], &mut cache, false);
+        let mut logits = decoder.forward(&prompt[..5], &mut cache, 1);
         for _ in 0..steps {
             let next = edgeforge::engine::sample::argmax(&logits);
-            logits = decoder.forward(&[next], &mut cache, false);
+            logits = decoder.forward(&[next], &mut cache, 1);
         }
     });
     println!(

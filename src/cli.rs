@@ -81,6 +81,23 @@ pub enum Command {
     /// Exit 0 when every check passes, 1 when one fails (named, with by how
     /// much), 2 on a usage or input error.
     Verify(VerifyArgs),
+    /// Measure a model's quality loss against its reference on real text
+    ///
+    /// Decoders: perplexity, and the KL divergence of every next-token
+    /// distribution from the reference's (mean, median, percentiles), same
+    /// top-1 and Δp, over chunks of --ctx tokens scored on their second half,
+    /// as `llama-perplexity --kl-divergence` computes them. The reference is a
+    /// model or a logits file (`--save-logits`, or llama-perplexity's
+    /// `--kl-divergence-base`). Encoders: cosine of sentence embeddings, one
+    /// text per line.
+    Eval(EvalArgs),
+    /// Collect an importance matrix for `quantize --imatrix` from calibration text
+    ///
+    /// Runs the decoder over the text in chunks of --ctx tokens and sums, for
+    /// every weight matrix in every block, the squares of its input columns,
+    /// as `llama-imatrix` does. Writes llama.cpp's GGUF imatrix format, or its
+    /// older `.dat` when OUT ends in `.dat`; `llama-quantize --imatrix` reads both.
+    Imatrix(ImatrixArgs),
     /// Build every device variant of a build recipe: (distill), fit, quantize, package, verify
     ///
     /// Targets whose inputs (source model, recipe, target profile, tool
@@ -506,6 +523,56 @@ pub struct PackageArgs {
     pub runtime: Option<String>,
 }
 
+/// `edgeforge eval MODEL --reference SRC --text FILE`
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The model to measure: a model folder, `.safetensors` or `.gguf` file
+    pub model: PathBuf,
+    /// What MODEL is compared with: the model it came from, or a logits file
+    /// (`--save-logits`, `llama-perplexity --kl-divergence-base`)
+    #[arg(long, short, value_name = "SRC")]
+    pub reference: Option<PathBuf>,
+    /// Evaluation text, UTF-8 (decoders read it whole; encoders line by line).
+    /// Optional with a logits reference, which holds its tokens
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// Tokens per chunk (llama-perplexity's -c) [default: 512, or the logits file's]
+    #[arg(long, short = 'c', value_name = "N")]
+    pub ctx: Option<usize>,
+    /// Evaluate only the first N chunks
+    #[arg(long, value_name = "N")]
+    pub chunks: Option<usize>,
+    /// Write MODEL's log-probabilities to FILE in llama-perplexity's
+    /// KL-divergence base format, to compare other models against
+    #[arg(long, value_name = "FILE")]
+    pub save_logits: Option<PathBuf>,
+    /// Replace the --save-logits file if it exists
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `edgeforge imatrix MODEL --text FILE -o OUT`
+#[derive(Debug, Args)]
+pub struct ImatrixArgs {
+    /// The decoder to collect from (its full-precision source is best)
+    pub model: PathBuf,
+    /// Calibration text, UTF-8 (not the text you evaluate on)
+    #[arg(long, value_name = "FILE")]
+    pub text: PathBuf,
+    /// The importance matrix to write (`.gguf`, or `.dat` for the older format)
+    #[arg(short, long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Tokens per chunk (llama-imatrix's -c)
+    #[arg(long, short = 'c', value_name = "N", default_value_t = 512)]
+    pub ctx: usize,
+    /// Use only the first N chunks
+    #[arg(long, value_name = "N")]
+    pub chunks: Option<usize>,
+    /// Replace OUT if it exists
+    #[arg(long)]
+    pub force: bool,
+}
+
 /// `edgeforge verify ARTIFACT`
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -734,6 +801,11 @@ pub struct QuantizeArgs {
     /// Plan and report sizes without writing anything
     #[arg(long)]
     pub dry_run: bool,
+    /// Weight each tensor's quantization error by an importance matrix
+    /// (llama.cpp's GGUF or `.dat` imatrix file, from `llama-imatrix`):
+    /// the same bytes `llama-quantize --imatrix` writes (GGUF outputs)
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
     #[command(flatten)]
     pub tensor_types: TensorTypeArgs,
     #[command(flatten)]

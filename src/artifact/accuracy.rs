@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::engine::{Engine, EngineError, Network};
+use crate::eval::{self, Base};
 use crate::target::schema::Accuracy as Budget;
 
 /// Built-in eval texts: short, varied English, used when no eval file is given.
@@ -43,6 +44,9 @@ pub struct Accuracy {
     pub perplexity: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perplexity_increase_pct: Option<f64>,
+    /// Mean KL divergence of the next-token distributions from the reference's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_kld: Option<f64>,
 }
 
 /// One accuracy check against the target's budget.
@@ -88,6 +92,9 @@ impl Accuracy {
             budget.max_perplexity_increase_pct,
             "max",
         );
+        if let Some(limit) = budget.max_mean_kld {
+            push("mean_kld", self.mean_kld, limit, "max");
+        }
         push(
             "top1_agreement",
             self.top1_agreement,
@@ -114,6 +121,7 @@ pub fn measure(
         perplexity_reference: None,
         perplexity: None,
         perplexity_increase_pct: None,
+        mean_kld: None,
     };
     match (&artifact.network, &reference.network) {
         (Network::Encoder(_), Network::Encoder(_)) => {
@@ -123,32 +131,26 @@ pub fn measure(
             acc.cosine_drop = Some(round6(1.0 - mean));
         }
         (Network::Decoder(da), Network::Decoder(dr)) => {
-            let (mut agree, mut positions, mut nll_a, mut nll_r) = (0usize, 0usize, 0f64, 0f64);
+            let mut positions = Vec::new();
             for text in texts {
                 let tokens = reference.tokenizer.encode(text)?;
-                if tokens.len() < 2 {
-                    continue;
-                }
-                let la = da.forward(&tokens, &mut da.new_cache(), true);
-                let lr = dr.forward(&tokens, &mut dr.new_cache(), true);
-                let vocab = da.spec.vocab;
-                for (i, &next) in tokens.iter().enumerate().skip(1) {
-                    let (ra, rr) = (
-                        &la[(i - 1) * vocab..i * vocab],
-                        &lr[(i - 1) * vocab..i * vocab],
-                    );
-                    agree += usize::from(argmax(ra) == argmax(rr));
-                    nll_a += nll(ra, next as usize);
-                    nll_r += nll(rr, next as usize);
-                    positions += 1;
+                if tokens.len() >= 2 {
+                    positions.extend(eval::score(da, &tokens, 0, Base::Model(dr), false).0);
                 }
             }
-            let n = positions.max(1) as f64;
-            let (pa, pr) = ((nll_a / n).exp(), (nll_r / n).exp());
-            acc.top1_agreement = Some(round6(agree as f64 / n));
+            let quality = eval::summarize(&positions);
+            let Some(v) = quality.vs_reference else {
+                return Err(EngineError::Usage {
+                    path: std::path::PathBuf::from("eval texts"),
+                    message: "no eval text is two tokens long: nothing to score".into(),
+                });
+            };
+            let (pa, pr) = (quality.perplexity.value, v.perplexity_reference.value);
+            acc.top1_agreement = Some(round6(v.same_top1.value));
             acc.perplexity = Some(round6(pa));
             acc.perplexity_reference = Some(round6(pr));
             acc.perplexity_increase_pct = Some(round6((pa / pr - 1.0) * 100.0));
+            acc.mean_kld = Some(round6(v.kld_mean.value));
         }
         _ => return Err(EngineError::Usage {
             path: std::path::PathBuf::from("--reference"),
@@ -165,26 +167,6 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
         .zip(b)
         .map(|(&x, &y)| f64::from(x) * f64::from(y))
         .sum()
-}
-
-fn argmax(xs: &[f32]) -> usize {
-    xs.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
-            if x > best.1 {
-                (i, x)
-            } else {
-                best
-            }
-        })
-        .0
-}
-
-/// Negative log-likelihood of `target` under softmax(`logits`).
-fn nll(logits: &[f32], target: usize) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    -(logits[target] as f64 - max - sum.ln())
 }
 
 fn round6(x: f64) -> f64 {

@@ -644,6 +644,7 @@ pub(super) fn build_target(
             overwrite: Overwrite::Allow,
             name: &spec.name,
             progress: bar,
+            imatrix: None,
         },
     )
     .map_err(|m| ArtifactError::at(&file, m))?;

@@ -172,6 +172,7 @@ impl GraphPayload {
             perplexity_reference: None,
             perplexity: None,
             perplexity_increase_pct: None,
+            mean_kld: None,
         })
     }
 }

@@ -3,7 +3,9 @@
 
 mod build;
 mod distill;
+mod eval;
 mod fed;
+mod imatrix;
 mod inspect;
 mod package;
 mod profile;
@@ -18,7 +20,9 @@ mod tflite;
 
 pub use build::{build, index_merge, select};
 pub use distill::distill;
+pub use eval::eval;
 pub use fed::fed;
+pub use imatrix::imatrix;
 pub use inspect::inspect;
 pub use package::{package, verify};
 pub use profile::profile;
@@ -46,6 +50,8 @@ pub fn dispatch(
         Command::Distill(args) => distill(&args, printer),
         Command::Package(args) => package(&args, global, printer),
         Command::Verify(args) => verify(&args, global, printer),
+        Command::Eval(args) => eval(&args, printer),
+        Command::Imatrix(args) => imatrix(&args, printer),
         Command::Build(args) => build(&args, global, printer),
         Command::Select(args) => select(&args, printer),
         Command::Publish(args) => publish(&args, global, printer),

@@ -75,6 +75,20 @@ pub fn quantize(
         format == OutputFormat::Gguf,
     );
     constraints.overrides = args.tensor_types.overrides();
+    let imatrix = args
+        .imatrix
+        .as_ref()
+        .map(|path| {
+            anyhow::ensure!(
+                format == OutputFormat::Gguf,
+                "{}: --imatrix weights GGUF block quantization; write a .gguf",
+                path.display()
+            );
+            Ok(crate::format::imatrix::Imatrix::read(path)?)
+        })
+        .transpose()?;
+    let imatrix_label = args.imatrix.as_ref().map(|p| p.display().to_string());
+    constraints.has_imatrix = imatrix.is_some();
     let context = resolve_context(&model, target.as_ref(), args.context)?;
     let footprint_of = |plan: &Plan| {
         target.as_ref().map(|t| {
@@ -168,6 +182,10 @@ pub fn quantize(
             },
             name,
             progress: &bar,
+            imatrix: imatrix
+                .as_ref()
+                .zip(imatrix_label.as_deref())
+                .map(|(matrix, label)| apply::ImatrixUse { matrix, label }),
         };
         let reports = apply::write(&model, &plan, &out)
             .map_err(anyhow::Error::msg)

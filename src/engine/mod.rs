@@ -219,7 +219,7 @@ impl Engine {
         let mut sampler = Sampler::new(sampling);
         let mut cache = decoder.new_cache();
         let started = Instant::now();
-        let mut logits = decoder.forward(&prompt_tokens, &mut cache, false);
+        let mut logits = decoder.forward(&prompt_tokens, &mut cache, 1);
         let prefill_seconds = started.elapsed().as_secs_f64();
         let started = Instant::now();
         let (mut tokens, mut printed, mut stopped_at_eos) = (Vec::new(), 0usize, false);
@@ -238,7 +238,7 @@ impl Engine {
                 printed = text.len();
             }
             if tokens.len() < max_tokens {
-                logits = decoder.forward(&[next], &mut cache, false);
+                logits = decoder.forward(&[next], &mut cache, 1);
             }
         }
         let text = self.tokenizer.decode(&tokens)?;

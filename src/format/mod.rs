@@ -2,6 +2,8 @@
 
 pub mod atomic;
 pub mod gguf;
+pub mod imatrix;
+pub mod logits;
 pub mod onnx;
 pub mod safetensors;
 pub mod tflite;

@@ -29,6 +29,11 @@ impl Cap {
         bytes: 256 << 20,
         what: "tokenizer file",
     };
+    /// Importance matrices: a few MB for dense models, hundreds for large MoE ones.
+    pub const IMATRIX: Cap = Cap {
+        bytes: 2 << 30,
+        what: "importance matrix",
+    };
     /// Text a command reads line by line (eval and calibration sets, `--file`).
     pub const TEXT: Cap = Cap {
         bytes: 256 << 20,

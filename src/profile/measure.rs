@@ -110,12 +110,12 @@ pub fn measure(
             for run in 0..=runs {
                 let mut cache = decoder.new_cache();
                 let t = Instant::now();
-                let mut logits = decoder.forward(&prompt, &mut cache, false);
+                let mut logits = decoder.forward(&prompt, &mut cache, 1);
                 let prefill_s = t.elapsed().as_secs_f64();
                 for _ in 0..decode_steps {
                     let next = crate::engine::sample::argmax(&logits);
                     let t = Instant::now();
-                    logits = decoder.forward(&[next], &mut cache, false);
+                    logits = decoder.forward(&[next], &mut cache, 1);
                     if run > 0 {
                         steps.push(t.elapsed().as_secs_f64() * 1e3);
                     }

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::format::atomic::Overwrite;
 use crate::format::gguf::{GgmlType, GgufWriter, MetaValue};
+use crate::format::imatrix::Imatrix;
 use crate::format::safetensors::{Dtype, SafetensorsStream, TensorSpec};
 use crate::llamacpp;
 use crate::model::{Model, Tensor, TensorDtype};
@@ -94,6 +95,64 @@ pub struct Output<'a> {
     /// Model name recorded in GGUF metadata.
     pub name: &'a str,
     pub progress: &'a ProgressBar,
+    /// Importance weights for the GGUF encoders, and how to name the file
+    /// in the output's metadata.
+    pub imatrix: Option<ImatrixUse<'a>>,
+}
+
+/// An importance matrix applied to a GGUF output.
+#[derive(Clone, Copy)]
+pub struct ImatrixUse<'a> {
+    pub matrix: &'a Imatrix,
+    /// The file as the user named it (`quantize.imatrix.file`).
+    pub label: &'a str,
+}
+
+impl ImatrixUse<'_> {
+    /// The keys `llama-quantize --imatrix` appends after the file type.
+    fn metadata(&self) -> Vec<(String, MetaValue)> {
+        // llama.cpp copies both strings into 128-byte buffers.
+        let bounded = |s: &str| {
+            let mut end = s.len().min(127);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            MetaValue::String(s[..end].to_string())
+        };
+        let m = self.matrix;
+        let mut kv = vec![("quantize.imatrix.file".to_string(), bounded(self.label))];
+        if let Some(d) = m.datasets.first() {
+            kv.push(("quantize.imatrix.dataset".to_string(), bounded(d)));
+        }
+        kv.push((
+            "quantize.imatrix.entries_count".to_string(),
+            MetaValue::U32(m.entries.len() as u32),
+        ));
+        if m.chunk_count > 0 {
+            kv.push((
+                "quantize.imatrix.chunks_count".to_string(),
+                MetaValue::U32(m.chunk_count),
+            ));
+        }
+        kv
+    }
+
+    /// The importance weights of the tensor llama.cpp calls `name`, checked
+    /// against its row length.
+    fn weights(&self, name: &str, row_len: u64) -> Result<Option<Vec<f32>>, String> {
+        let Some(w) = self.matrix.weights(name) else {
+            return Ok(None);
+        };
+        if w.len() as u64 != row_len {
+            return Err(format!(
+                "{}: `{name}` has {} columns in the importance matrix, {row_len} in the model: \
+                 the matrix was made for another model",
+                self.label,
+                w.len()
+            ));
+        }
+        Ok(Some(w))
+    }
 }
 
 /// Quantizes and writes every planned tensor; returns the per-tensor report.
@@ -163,7 +222,7 @@ pub fn encode_for_gguf(
         .ok_or_else(|| format!("Tensor `{}` has no GGUF encoding", t.name))?;
     let ty = quant::ggml_type(scheme)
         .ok_or_else(|| format!("{scheme} is a safetensors encoding, not a GGUF type"))?;
-    let (enc, _) = encode(model, p, t, model.gguf().is_none())?;
+    let (enc, _) = encode(model, p, t, model.gguf().is_none(), None)?;
     Ok(Some((name, ty, enc.data)))
 }
 
@@ -173,6 +232,7 @@ fn encode(
     p: &TensorPlan,
     t: &Tensor,
     gguf: bool,
+    importance: Option<&[f32]>,
 ) -> Result<(Encoded, ErrorStats), String> {
     let scheme = p.scheme.expect("only float tensors are encoded");
     if p.reason == Reason::AsStored {
@@ -195,7 +255,9 @@ fn encode(
         None => src,
     };
     let fail = |e: quant::QuantError| format!("Tensor `{}`: {e}", t.name);
-    if let Some(measured) = quant::quantize_measured(scheme, &src, row).map_err(fail)? {
+    if let Some(measured) =
+        quant::quantize_measured_with(scheme, &src, row, importance).map_err(fail)?
+    {
         return Ok(measured);
     }
     let enc = quant::quantize(scheme, &src, row).map_err(fail)?;
@@ -282,14 +344,15 @@ fn write_gguf(
     out: &Output<'_>,
 ) -> Result<Vec<TensorReport>, String> {
     let file_type = llamacpp::file_type(&plan.preset);
-    let metadata = match model.gguf() {
+    let imatrix_kv = out.imatrix.map(|m| m.metadata()).unwrap_or_default();
+    let metadata: Vec<(String, MetaValue)> = match model.gguf() {
         // As `llama-quantize` writes it: the source's keys, less the split
         // keys, then the quantization version and the file type appended
         // last (setting a key moves it to the end).
         Some(src) => src
             .metadata()
             .iter()
-            .filter(|(k, _)| !is_rewritten_key(k))
+            .filter(|(k, _)| !is_rewritten_key(k) && !imatrix_kv.iter().any(|(i, _)| i == k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .chain([
                 (
@@ -302,7 +365,7 @@ fn write_gguf(
         None => llamacpp::hf_metadata(model, file_type, out.name)?,
     };
     let mut w = GgufWriter::new();
-    for (k, v) in metadata {
+    for (k, v) in metadata.into_iter().chain(imatrix_kv) {
         w.add_kv(&k, v);
     }
     for (p, t, name) in planned {
@@ -321,7 +384,11 @@ fn write_gguf(
         .map_err(|e| e.to_string())?;
     let mut reports = Vec::with_capacity(planned.len());
     for (p, t, name) in planned {
-        let (enc, err) = encode(model, p, t, model.gguf().is_none())?;
+        let importance = match out.imatrix {
+            Some(m) => m.weights(name, t.row_len())?,
+            None => None,
+        };
+        let (enc, err) = encode(model, p, t, model.gguf().is_none(), importance.as_deref())?;
         stream.write_tensor(&enc.data).map_err(|e| e.to_string())?;
         reports.push(report(p, t, name, enc.data.len() as u64, Some(err)));
         out.progress.inc(t.n_bytes);
@@ -425,7 +492,7 @@ fn write_safetensors(
                 .map_err(|e| e.to_string())?;
             reports.push(report(p, t, name, t.n_bytes, Some(ErrorStats::default())));
         } else {
-            let (enc, err) = encode(model, p, t, false)?;
+            let (enc, err) = encode(model, p, t, false, None)?;
             let mut bytes = 0;
             for part in [&enc.data, &enc.scales, &enc.zeros] {
                 if !part.is_empty() {

@@ -23,13 +23,13 @@ pub const Q5_K_BYTES: usize = 176;
 pub const Q6_K_BYTES: usize = 210;
 
 /// Below this, a group is treated as all zeros (ggml's GROUP_MAX_EPS).
-const GROUP_MAX_EPS: f32 = 1e-15;
+pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Round to nearest, ties to even, with ggml's `nearest_int` float trick
 /// (valid for |x| < 2^22, which ggml asserts): integer ops only, so loops
 /// over it vectorize (a saturating `as i32` cast does not).
 #[inline(always)]
-fn nearest_int(x: f32) -> i32 {
+pub(crate) fn nearest_int(x: f32) -> i32 {
     ((x + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
@@ -50,6 +50,17 @@ fn signed_absmax(x: &[f32]) -> (f32, f32) {
 /// `make_qx_quants` with rmse_type 1: weights x²). Writes codes + nmax to `l`.
 #[inline(always)]
 fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
+    make_qx_weighted(x, nmax, l, |i| x[i] * x[i])
+}
+
+/// `make_qx_quants` with weight `w(i)` for element i (an importance matrix's).
+#[inline(always)]
+pub(crate) fn make_qx_weighted(
+    x: &[f32],
+    nmax: i32,
+    l: &mut [u8],
+    w: impl Fn(usize) -> f32,
+) -> f32 {
     let (amax, max) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);
@@ -58,9 +69,9 @@ fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
     let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
     let sums = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for &v in x {
+        for (i, &v) in x.iter().enumerate() {
             let q = code(iscale, v) as f32;
-            let w = v * v;
+            let w = w(i);
             sumlx += w * v * q;
             suml2 += w * q * q;
         }
@@ -93,17 +104,17 @@ fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
 /// scales from `(nmax + rmin) / range` in steps of `rdelta / range`, scored by
 /// weighted squared error, or absolute error with `use_mad`.
 #[derive(Clone, Copy)]
-struct Search {
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
-    use_mad: bool,
+pub(crate) struct Search {
+    pub rmin: f32,
+    pub rdelta: f32,
+    pub nstep: i32,
+    pub use_mad: bool,
 }
 
 /// Scale-and-min search for codes in [0, nmax] (ggml's `make_qkx2_quants`).
 /// Returns (scale, min as a positive offset: x ≈ scale*q - min).
 #[inline(always)]
-fn make_qkx2_quants(
+pub(crate) fn make_qkx2_quants(
     x: &[f32],
     weights: &[f32],
     nmax: i32,
@@ -261,11 +272,33 @@ fn k_scales_and_codes(
         0.0
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let ls: [u8; 8] = std::array::from_fn(|j| nearest_int(inv_scale * scales[j]).min(63) as u8);
+    let lm: [u8; 8] = std::array::from_fn(|j| nearest_int(inv_min * mins[j]).min(63) as u8);
+    k_head_and_codes(
+        x,
+        nmax,
+        (max_scale / 63.0, max_min / 63.0),
+        (&ls, &lm),
+        head,
+        codes,
+    );
+}
+
+/// Writes a Q4_K / Q5_K head (`d`, `dmin`, the eight 6-bit scales and mins
+/// packed into 12 bytes) and requantizes the codes against what it holds.
+#[inline(always)]
+pub(crate) fn k_head_and_codes(
+    x: &[f32],
+    nmax: i32,
+    (d, dmin): (f32, f32),
+    (ls, lm): (&[u8; 8], &[u8; 8]),
+    head: &mut [u8],
+    codes: &mut [u8; QK_K],
+) {
     let packed = &mut head[4..16];
     packed.fill(0);
     for j in 0..8 {
-        let ls = nearest_int(inv_scale * scales[j]).min(63) as u8;
-        let lm = nearest_int(inv_min * mins[j]).min(63) as u8;
+        let (ls, lm) = (ls[j], lm[j]);
         if j < 4 {
             packed[j] = ls;
             packed[j + 4] = lm;
@@ -275,8 +308,8 @@ fn k_scales_and_codes(
             packed[j] |= (lm >> 4) << 6;
         }
     }
-    let d = put_f16(head, 0, max_scale / 63.0);
-    let dmin = put_f16(head, 2, max_min / 63.0);
+    let d = put_f16(head, 0, d);
+    let dmin = put_f16(head, 2, dmin);
     for j in 0..8 {
         let (sc, m) = scale_min_k4(j, &head[4..16]);
         let dj = d * f32::from(sc);
@@ -295,6 +328,13 @@ fn k_scales_and_codes(
 pub fn q4_k(x: &[f32], out: &mut [u8]) {
     let mut codes = [0u8; QK_K];
     k_scales_and_codes(x, 15, -1.0, 20, &mut out[..16], &mut codes);
+    pack_q4_k(&codes, out);
+}
+
+/// Q4_K's 4-bit codes after the 16-byte head: 32-byte groups, code l of
+/// each 64 in the low nibble, code l + 32 in the high.
+#[inline(always)]
+pub(crate) fn pack_q4_k(codes: &[u8; QK_K], out: &mut [u8]) {
     let qs = &mut out[16..16 + 128];
     for (c, chunk) in codes.chunks_exact(64).enumerate() {
         for l in 0..32 {
@@ -308,6 +348,13 @@ pub fn q4_k(x: &[f32], out: &mut [u8]) {
 pub fn q5_k(x: &[f32], out: &mut [u8]) {
     let mut codes = [0u8; QK_K];
     k_scales_and_codes(x, 31, -0.5, 15, &mut out[..16], &mut codes);
+    pack_q5_k(&codes, out);
+}
+
+/// Q5_K's codes after the 16-byte head: the fifth bits in `qh`, the low
+/// nibbles as Q4_K packs them.
+#[inline(always)]
+pub(crate) fn pack_q5_k(codes: &[u8; QK_K], out: &mut [u8]) {
     let (qh, qs) = out[16..].split_at_mut(32);
     qh.fill(0);
     for (c, chunk) in codes.chunks_exact(64).enumerate() {
@@ -344,6 +391,20 @@ pub fn q6_k(x: &[f32], out: &mut [u8]) {
             max_scale = s;
         }
     }
+    q6_k_finish(x, &scales, max_scale, max_abs, &mut codes, out);
+}
+
+/// Q6_K after its sixteen sub-block scales: the 8-bit scales under one
+/// f16, the codes requantized against them and packed.
+#[inline(always)]
+pub(crate) fn q6_k_finish(
+    x: &[f32],
+    scales: &[f32; 16],
+    max_scale: f32,
+    max_abs: f32,
+    codes: &mut [u8; QK_K],
+    out: &mut [u8],
+) {
     if max_abs < GROUP_MAX_EPS {
         out[..Q6_K_BYTES].fill(0);
         return;

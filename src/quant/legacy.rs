@@ -137,7 +137,7 @@ pub fn q4_1(x: &[f32; QK], out: &mut [u8]) {
 }
 
 #[inline(always)]
-fn pack5(q: &[u8; QK], out: &mut [u8]) {
+pub(crate) fn pack5(q: &[u8; QK], out: &mut [u8]) {
     let mut qh = 0u32;
     for (j, &v) in q.iter().enumerate() {
         qh |= u32::from(v >> 4) << j;

@@ -171,6 +171,18 @@ pub fn head_raise(base: Scheme, site: &Site) -> Option<Scheme> {
     is_head.then(|| head_type(base, site.row_len))
 }
 
+/// With an importance matrix, llama.cpp guards the first eighth of
+/// `ffn_down` in Q4_0 and Q5_0 files with the formats that have a minimum.
+pub fn imatrix_raise(base: Scheme, site: &Site, has_imatrix: bool) -> Option<Scheme> {
+    let early_down =
+        site.category == Category::FfnDown && site.layer.is_some_and(|i| i < site.n_layers / 8);
+    match base {
+        Scheme::Q4_0 if has_imatrix && early_down => Some(Scheme::Q4_1),
+        Scheme::Q5_0 if has_imatrix && early_down => Some(Scheme::Q5_1),
+        _ => None,
+    }
+}
+
 /// The block type `mix` gives the tensor at `site`, before the fallback
 /// for rows that are not whole blocks; `None` where the base applies.
 pub fn raise(mix: Mix, site: &Site) -> Option<Scheme> {

@@ -16,6 +16,7 @@ pub mod mixes;
 pub mod plan;
 pub mod qdq;
 pub mod scheme;
+pub mod weighted;
 
 use half::f16;
 use rayon::prelude::*;
@@ -43,6 +44,8 @@ pub enum QuantError {
     },
     #[error("{0} is not supported")]
     Unsupported(String),
+    #[error("the importance matrix has {got} columns for rows of {row_len}")]
+    ImportanceLength { got: usize, row_len: usize },
 }
 
 /// The GGUF tensor type of a scheme, for GGUF schemes.
@@ -236,18 +239,45 @@ pub fn quantize_measured(
     src: &[f32],
     row_len: usize,
 ) -> Result<Option<(Encoded, ErrorStats)>, QuantError> {
+    quantize_measured_with(scheme, src, row_len, None)
+}
+
+/// As [`quantize_measured`], each row weighted by `importance` (one value
+/// per column, from an importance matrix) where the scheme has a weighted
+/// quantizer (`weighted::is_weighted`), as `llama-quantize --imatrix` does.
+pub fn quantize_measured_with(
+    scheme: Scheme,
+    src: &[f32],
+    row_len: usize,
+    importance: Option<&[f32]>,
+) -> Result<Option<(Encoded, ErrorStats)>, QuantError> {
     let Some(ty) = ggml_type(scheme) else {
         return Ok(None);
     };
     check_rows(scheme, src, row_len)?;
+    let importance = importance.filter(|_| weighted::is_weighted(scheme));
+    if let Some(qw) = importance.filter(|qw| qw.len() != row_len) {
+        return Err(QuantError::ImportanceLength {
+            got: qw.len(),
+            row_len,
+        });
+    }
     let task = rows_per_task(row_len) * row_len;
     let (be, bb) = (ty.block_elems() as usize, ty.block_bytes() as usize);
+    let row_bytes = row_len / be * bb;
     let mut data = vec![0u8; src.len() / be * bb];
     let partials: Vec<Vec<Partial>> = data
         .par_chunks_mut(task / be * bb)
         .zip(src.par_chunks(task))
         .map_init(Vec::new, |back, (out, x)| {
-            encode_blocks(scheme, x, out);
+            match importance {
+                Some(qw) => {
+                    for (xr, or) in x.chunks_exact(row_len).zip(out.chunks_exact_mut(row_bytes)) {
+                        weighted::encode_row(scheme, xr, qw, or);
+                    }
+                }
+                None => encode_blocks(scheme, x, out),
+            }
             back.resize(x.len(), 0f32);
             dequantize(ty, out, back).expect("whole blocks, checked lengths");
             x.chunks(CHUNK)

@@ -201,6 +201,9 @@ pub struct Constraints {
     /// tensor names when the source uses Hugging Face's.
     pub architecture: Option<Architecture>,
     pub overrides: Overrides,
+    /// Quantizing with an importance matrix: llama.cpp then keeps the first
+    /// eighth of `ffn_down` at Q4_1 / Q5_1 in Q4_0 / Q5_0 files.
+    pub has_imatrix: bool,
 }
 
 impl Constraints {
@@ -218,6 +221,7 @@ impl Constraints {
             gqa: model.architecture.gqa(),
             architecture: Some(model.architecture.clone()),
             overrides: Overrides::default(),
+            has_imatrix: false,
         }
     }
 }
@@ -550,7 +554,9 @@ fn preset_choice(t: &Tensor, preset: Preset, n_layers: usize, c: &Constraints) -
         Preset::Mix(mix) => mixes::raise(mix, &site),
         // A single-type file still gets llama.cpp's head rule, where it is a
         // GGUF block type (`llama-quantize Q4_0` writes the head Q6_K).
-        Preset::Uniform(s) if s.is_gguf() => mixes::head_raise(s, &site),
+        Preset::Uniform(s) if s.is_gguf() => {
+            mixes::head_raise(s, &site).or_else(|| mixes::imatrix_raise(s, &site, c.has_imatrix))
+        }
         Preset::Uniform(_) => None,
     };
     match raised {

@@ -86,6 +86,9 @@ pub struct Accuracy {
     pub max_cosine_drop: f64,
     pub max_perplexity_increase_pct: f64,
     pub min_top1_agreement: f64,
+    /// Mean next-token KL divergence from the reference (decoders); no gate when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_mean_kld: Option<f64>,
 }
 
 /// Allowed values, one list per enumerated key.

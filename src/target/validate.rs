@@ -239,5 +239,8 @@ pub fn check(t: &TargetSpec) -> Result<(), Problem> {
         0.0,
         1e4,
     )?;
+    if let Some(kld) = t.accuracy.max_mean_kld {
+        within("accuracy.max_mean_kld", kld, 0.0, 100.0)?;
+    }
     Ok(())
 }

@@ -266,7 +266,7 @@ fn smollm2_logits_agree_with_llama_cpp_at_every_prompt_position() {
         panic!("not a decoder")
     };
     let mut cache = decoder.new_cache();
-    let logits = decoder.forward(&ids, &mut cache, true);
+    let logits = decoder.forward(&ids, &mut cache, ids.len());
     assert_eq!(shape, vec![ids.len(), logits.len() / ids.len()]);
     let vocab = shape[1];
     for pos in 0..ids.len() {

@@ -131,10 +131,10 @@ fn decoder(engine: &Engine) -> &Decoder {
 /// own greedy choices along the way.
 fn ours(d: &Decoder, rec: &Recording) -> (Vec<f32>, Vec<u32>) {
     let mut cache = d.new_cache();
-    let mut logits = d.forward(&rec.prompt, &mut cache, true);
+    let mut logits = d.forward(&rec.prompt, &mut cache, rec.prompt.len());
     let mut greedy = vec![argmax(&logits[logits.len() - rec.vocab..])];
     for &t in &rec.greedy {
-        let step = d.forward(&[t], &mut cache, false);
+        let step = d.forward(&[t], &mut cache, 1);
         greedy.push(argmax(&step));
         logits.extend(step);
     }
@@ -243,11 +243,11 @@ fn families_run_generate_end_to_end() {
         assert_eq!(ids(&report["prompt_tokens"]), prompt, "{family}");
         let d = decoder(&engine);
         let mut cache = d.new_cache();
-        let mut next = argmax(&d.forward(&prompt, &mut cache, false));
+        let mut next = argmax(&d.forward(&prompt, &mut cache, 1));
         let mut want = Vec::new();
         while want.len() < 6 && !engine.tokenizer.eos.contains(&next) {
             want.push(next);
-            next = argmax(&d.forward(&[next], &mut cache, false));
+            next = argmax(&d.forward(&[next], &mut cache, 1));
         }
         assert_eq!(ids(&report["tokens"]), want, "{family}");
     }

@@ -73,7 +73,7 @@ fn decoder_logits(engine: &Engine, ids: &[u32]) -> Vec<f32> {
     let Network::Decoder(decoder) = &engine.network else {
         panic!("gemma3 loads as a decoder")
     };
-    decoder.forward(ids, &mut decoder.new_cache(), true)
+    decoder.forward(ids, &mut decoder.new_cache(), ids.len())
 }
 
 /// Ours against the reference at one position: the correlation, and each
@@ -300,24 +300,24 @@ fn gemma3_sliding_window_past_512_positions() {
     let Network::Decoder(exact) = &f32_engine.network else {
         panic!("gemma3 loads as a decoder")
     };
-    let last = exact.forward(&want_ids, &mut exact.new_cache(), false);
+    let last = exact.forward(&want_ids, &mut exact.new_cache(), 1);
     assert_position_agrees(&last, &want, &EXACT, &format!("f32 position {}", n - 1));
     let engine = Engine::load(&Model::open(&gemma3_gguf()).unwrap()).unwrap();
     let Network::Decoder(decoder) = &engine.network else {
         panic!("gemma3 loads as a decoder")
     };
-    let whole = decoder.forward(&want_ids, &mut decoder.new_cache(), false);
+    let whole = decoder.forward(&want_ids, &mut decoder.new_cache(), 1);
     let (corr, swaps) = compare(&whole, &want, 1);
     eprintln!(
         "Q4_K_M position {}: correlation {corr:.5}, top-1 swaps {swaps:?}",
         n - 1
     );
     let mut cache = decoder.new_cache();
-    decoder.forward(&want_ids[..530], &mut cache, false);
+    decoder.forward(&want_ids[..530], &mut cache, 1);
     for &t in &want_ids[530..n - 3] {
-        decoder.forward(&[t], &mut cache, false);
+        decoder.forward(&[t], &mut cache, 1);
     }
-    let pieces = decoder.forward(&want_ids[n - 3..], &mut cache, false);
+    let pieces = decoder.forward(&want_ids[n - 3..], &mut cache, 1);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert!(
         bits(&pieces) == bits(&whole),

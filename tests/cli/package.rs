@@ -22,6 +22,24 @@ impl Dist {
         self.dir.path().join(rel)
     }
 
+    /// A targets folder holding rpi5-8gb renamed `name` with an `[accuracy]`
+    /// budget of its own (rpi5 inherits its budget from base/).
+    fn board_with_budget(&self, name: &str, accuracy: &str) -> PathBuf {
+        let targets = self.path("targets");
+        std::fs::create_dir_all(&targets).unwrap();
+        let root = repo_root();
+        let profile = std::fs::read_to_string(root.join("targets/rpi5-8gb.toml"))
+            .unwrap()
+            .replace("name = \"rpi5-8gb\"", &format!("name = \"{name}\""))
+            .replace(
+                "extends = \"base/",
+                &format!("extends = \"{}/targets/base/", root.display()),
+            )
+            + &format!("\n[accuracy]\n{accuracy}\n");
+        std::fs::write(targets.join(format!("{name}.toml")), profile).unwrap();
+        targets
+    }
+
     /// MiniLM quantized to `scheme` as GGUF.
     fn quantized(&self, scheme: &str) -> PathBuf {
         minilm_gguf(self.dir.path(), scheme)
@@ -228,15 +246,10 @@ fn verify_passes_a_good_artifact_and_names_what_is_wrong_with_a_bad_one() {
 #[test]
 fn verify_fails_an_artifact_that_breaks_its_targets_budget() {
     let d = Dist::new();
-    // rpi5-8gb with a strict accuracy budget of its own (rpi5 inherits its budget from base/).
-    let targets = d.path("targets");
-    std::fs::create_dir(&targets).unwrap();
-    let strict = std::fs::read_to_string(repo_root().join("targets/rpi5-8gb.toml"))
-        .unwrap()
-        .replace("name = \"rpi5-8gb\"", "name = \"strict-board\"")
-        .replace("extends = \"base/", &format!("extends = \"{}/targets/base/", repo_root().display()))
-        + "\n[accuracy]\nmax_cosine_drop = 0.00001\nmax_perplexity_increase_pct = 1.0\nmin_top1_agreement = 0.99\n";
-    std::fs::write(targets.join("strict-board.toml"), strict).unwrap();
+    let targets = d.board_with_budget(
+        "strict-board",
+        "max_cosine_drop = 0.00001\nmax_perplexity_increase_pct = 1.0\nmin_top1_agreement = 0.99",
+    );
     let model = d.quantized("Q2_K");
     json_success(
         edgeforge()
@@ -271,6 +284,70 @@ fn verify_fails_an_artifact_that_breaks_its_targets_budget() {
         stdout.contains("FAIL  accuracy   cosine_drop") && stdout.contains("off by"),
         "{stdout}"
     );
+}
+
+#[test]
+fn verify_gates_a_decoder_on_its_targets_mean_kl_divergence() {
+    let d = Dist::new();
+    // Loose on perplexity and top-1, strict on KL divergence: only that gate can fail.
+    let targets = d.board_with_budget(
+        "kld-board",
+        "max_cosine_drop = 1.0\nmax_perplexity_increase_pct = 1000.0\nmin_top1_agreement = 0.0\nmax_mean_kld = 0.01",
+    );
+    let model = d.path("smollm2.Q2_K.gguf");
+    edgeforge()
+        .args([
+            "-q",
+            "quantize",
+            "--scheme",
+            "Q2_K",
+            "--allow-requant",
+            "-o",
+        ])
+        .arg(&model)
+        .arg(smollm2_gguf())
+        .assert()
+        .success();
+    json_success(
+        edgeforge()
+            .arg("--targets-dir")
+            .arg(&targets)
+            .args(["--json", "package"])
+            .arg(&model)
+            .args([
+                "--target",
+                "kld-board",
+                "--name",
+                "smollm2",
+                "--version",
+                "0.1.0",
+                "--no-gate",
+                "--reference",
+            ])
+            .arg(smollm2_gguf())
+            .arg("--out")
+            .arg(d.path("dist")),
+    );
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(d.path("dist/smollm2/0.1.0/kld-board/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let accuracy = &manifest["metrics"]["accuracy"];
+    assert!(
+        accuracy["mean_kld"].as_f64().is_some_and(|k| k > 0.01),
+        "{accuracy}"
+    );
+    let out = edgeforge()
+        .arg("--targets-dir")
+        .arg(&targets)
+        .arg("verify")
+        .arg(d.path("dist/smollm2/0.1.0/kld-board"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  accuracy   mean_kld"), "{stdout}");
+    assert!(!stdout.contains("FAIL  accuracy   perplexity"), "{stdout}");
 }
 
 #[test]

@@ -74,6 +74,20 @@ struct Layer {
     freqs: Vec<f32>,
 }
 
+/// Where in a layer `forward_tapped` shows the activations: the inputs of
+/// q/k/v, of the attention output projection, of gate/up and of down.
+/// (The short-convolution layers' projections are not shown.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tap {
+    AttentionIn,
+    AttentionOut,
+    MlpIn,
+    MlpDown,
+}
+
+/// What `forward_tapped` calls: layer index, where, the activations.
+pub type TapFn<'a> = dyn FnMut(usize, Tap, &[f32]) + Send + 'a;
+
 pub struct Decoder {
     pub spec: Spec,
     embed: Matrix,
@@ -271,15 +285,44 @@ impl Decoder {
         .with_conv_states(conv_states)
     }
 
-    /// Runs `tokens` after what `cache` holds; returns logits `[n, vocab]`
-    /// for every new position (`all`) or `[1, vocab]` for the last one.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, all: bool) -> Vec<f32> {
-        // On a pool thread, the matmuls' parallel loops start without a
-        // hand-off to the pool and a wait each (40% of 1-thread decode).
-        rayon::scope(|_| self.forward_on_pool(tokens, cache, all))
+    /// Runs `tokens` after what `cache` holds; returns the logits of the
+    /// last `rows` new positions, `[rows, vocab]` (1 to sample the next
+    /// token, `tokens.len()` to score every one).
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: usize) -> Vec<f32> {
+        self.forward_tapped(tokens, cache, rows, None)
     }
 
-    fn forward_on_pool(&self, tokens: &[u32], cache: &mut KvCache, all: bool) -> Vec<f32> {
+    /// As `forward`, showing `tap` the input `[n, width]` of every weight
+    /// matrix in each layer (what an importance matrix is collected from).
+    pub fn forward_tapped(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        rows: usize,
+        tap: Option<&mut TapFn<'_>>,
+    ) -> Vec<f32> {
+        assert!(
+            (1..=tokens.len()).contains(&rows),
+            "forward: {rows} rows of {} tokens",
+            tokens.len()
+        );
+        // On a pool thread, the matmuls' parallel loops start without a
+        // hand-off to the pool and a wait each (40% of 1-thread decode).
+        rayon::scope(|_| self.forward_on_pool(tokens, cache, rows, tap))
+    }
+
+    fn forward_on_pool(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        rows: usize,
+        mut tap: Option<&mut TapFn<'_>>,
+    ) -> Vec<f32> {
+        let mut show = |layer: usize, at: Tap, x: &[f32]| {
+            if let Some(t) = tap.as_mut() {
+                t(layer, at, x);
+            }
+        };
         let s = &self.spec;
         let (n, h) = (tokens.len(), s.hidden);
         let mut x = vec![0f32; n * h];
@@ -296,7 +339,9 @@ impl Decoder {
             rms_norm(&x, &layer.attn_norm, s.eps, &mut normed);
             match &layer.mix {
                 Mix::Attention { wo, .. } => {
+                    show(i, Tap::AttentionIn, &normed);
                     let ctx = self.attention(layer, &normed, n, i, cache);
+                    show(i, Tap::AttentionOut, &ctx);
                     wo.matmul(&ctx, n, &mut proj);
                 }
                 Mix::ShortConv(conv) => conv.forward(&normed, n, &mut cache.conv[i], &mut proj),
@@ -307,6 +352,7 @@ impl Decoder {
             }
             residual_add(&mut x, &mut proj, s.residual_scale);
             rms_norm(&x, &layer.ffn_norm, s.eps, &mut normed);
+            show(i, Tap::MlpIn, &normed);
             layer.gate_up.matmul(&normed, n, &mut [&mut gate, &mut up]);
             add_bias(&mut gate, &layer.bias.gate);
             add_bias(&mut up, &layer.bias.up);
@@ -320,6 +366,7 @@ impl Decoder {
                     .zip(&up)
                     .for_each(|(g, u)| *g = gelu_tanh(*g) * u),
             }
+            show(i, Tap::MlpDown, &gate);
             layer.down.matmul(&gate, n, &mut proj);
             add_bias(&mut proj, &layer.bias.down);
             if let Some(w) = &layer.post_ffn_norm {
@@ -328,7 +375,6 @@ impl Decoder {
             residual_add(&mut x, &mut proj, s.residual_scale);
         }
         cache.len += n;
-        let rows = if all { n } else { 1 };
         let last = &x[(n - rows) * h..];
         let mut out_norm = vec![0f32; rows * h];
         rms_norm(last, &self.norm, s.eps, &mut out_norm);
