@@ -82,71 +82,85 @@ impl Linear {
         assert_eq!(out.len(), n * self.out);
         match &self.weights {
             Weights::Int8(m) => m.matmul(x, n, &self.bias, out, then),
-            Weights::F32(w) => {
-                // Tiles of tokens × outputs, each a single-threaded gemm:
-                // fixed splits (the same bits at any thread count) that
-                // balance on few cores, where gemm's own threading scaled
-                // 1.4x on 2 cores at batch 1. Many tokens: tiles of 256
-                // tokens, so each packs its share of x once, not once per
-                // output block.
-                let (tile_rows, tile_cols) = if n >= 4 * TILE_TOKENS {
-                    (TILE_TOKENS, 6 * COLS_PER_TASK)
-                } else {
-                    (n.max(1), COLS_PER_TASK)
-                };
-                let out_ptr = SharedOut(out.as_mut_ptr());
-                let col_tiles = self.out.div_ceil(tile_cols);
-                let tiles = n.div_ceil(tile_rows) * col_tiles;
-                (0..tiles).into_par_iter().for_each(|tile| {
-                    let (t0, c0) = (tile / col_tiles * tile_rows, tile % col_tiles * tile_cols);
-                    let (rows, cols) = (tile_rows.min(n - t0), tile_cols.min(self.out - c0));
-                    let dst = out_ptr.at(t0 * self.out + c0);
-                    for t in 0..rows {
-                        // SAFETY: this tile's rows and columns belong to this task only.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                self.bias[c0..].as_ptr(),
-                                dst.add(t * self.out),
-                                cols,
-                            )
-                        };
-                    }
-                    // SAFETY: dst is [n, out] row-major from (t0, c0), lhs [n, inp]
-                    // from row t0, rhs = W^T for rows c0..c0+cols of W's [out, inp];
-                    // lengths asserted above.
-                    unsafe {
-                        gemm::gemm(
-                            rows,
-                            cols,
-                            self.inp,
-                            dst,
-                            1,
-                            self.out as isize,
-                            true,
-                            x[t0 * self.inp..].as_ptr(),
-                            1,
-                            self.inp as isize,
-                            w[c0 * self.inp..].as_ptr(),
-                            self.inp as isize,
-                            1,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            Parallelism::None,
-                        );
-                    }
-                    for t in 0..rows {
-                        // SAFETY: as above, this tile's columns of row t.
-                        then(unsafe {
-                            std::slice::from_raw_parts_mut(dst.add(t * self.out), cols)
-                        });
-                    }
-                });
-            }
+            Weights::F32(w) => f32_gemm(w, Some(&self.bias), self.out, self.inp, x, n, out, then),
         }
     }
+}
+
+/// `out = x W^T (+ bias)` for f32 weights `[out_dim, inp]`, then `then` on
+/// each finished piece of output.
+///
+/// Tiles of tokens × outputs, each a single-threaded gemm: fixed splits (the
+/// same bits at any thread count) that balance on few cores, where gemm's own
+/// threading scaled 1.4x on 2 cores at batch 1. Many tokens: tiles of 256
+/// tokens, so each packs its share of x once, not once per output block.
+#[allow(clippy::too_many_arguments)]
+pub fn f32_gemm(
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out_dim: usize,
+    inp: usize,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    then: Epilogue,
+) {
+    assert_eq!(w.len(), out_dim * inp);
+    assert_eq!(x.len(), n * inp);
+    assert_eq!(out.len(), n * out_dim);
+    let (tile_rows, tile_cols) = if n >= 4 * TILE_TOKENS {
+        (TILE_TOKENS, 6 * COLS_PER_TASK)
+    } else {
+        (n.max(1), COLS_PER_TASK)
+    };
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let col_tiles = out_dim.div_ceil(tile_cols);
+    let tiles = n.div_ceil(tile_rows) * col_tiles;
+    (0..tiles).into_par_iter().for_each(|tile| {
+        let (t0, c0) = (tile / col_tiles * tile_rows, tile % col_tiles * tile_cols);
+        let (rows, cols) = (tile_rows.min(n - t0), tile_cols.min(out_dim - c0));
+        let dst = out_ptr.at(t0 * out_dim + c0);
+        for t in 0..rows {
+            // SAFETY: this tile's rows and columns belong to this task only.
+            unsafe {
+                let row = dst.add(t * out_dim);
+                match bias {
+                    Some(b) => std::ptr::copy_nonoverlapping(b[c0..].as_ptr(), row, cols),
+                    None => std::ptr::write_bytes(row, 0, cols),
+                }
+            };
+        }
+        // SAFETY: dst is [n, out_dim] row-major from (t0, c0), lhs [n, inp]
+        // from row t0, rhs = W^T for rows c0..c0+cols of W's [out_dim, inp];
+        // lengths asserted above.
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                inp,
+                dst,
+                1,
+                out_dim as isize,
+                true,
+                x[t0 * inp..].as_ptr(),
+                1,
+                inp as isize,
+                w[c0 * inp..].as_ptr(),
+                inp as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+        for t in 0..rows {
+            // SAFETY: as above, this tile's columns of row t.
+            then(unsafe { std::slice::from_raw_parts_mut(dst.add(t * out_dim), cols) });
+        }
+    });
 }
 
 /// Tokens per tile when there are many.
