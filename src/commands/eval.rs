@@ -66,6 +66,7 @@ pub fn eval(args: &EvalArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
         Some(path) => Reference::Model(Box::new(load(path)?)),
         None => Reference::None,
     };
+    let reference_kind = reference.kind();
     let (outcome, input_sha256, saved) = match &engine.network {
         Network::Encoder(_) => encoder(args, &engine, &reference)?,
         Network::Decoder(_) => decoder(args, &engine, reference, printer)?,
@@ -73,11 +74,7 @@ pub fn eval(args: &EvalArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
     let report = Report {
         model: &args.model,
         reference: args.reference.as_deref(),
-        reference_kind: match &args.reference {
-            Some(p) if is_logits_file(p) => "logits",
-            Some(_) => "model",
-            None => "none",
-        },
+        reference_kind,
         text: args.text.as_deref(),
         input_sha256,
         result: outcome,
@@ -96,6 +93,16 @@ enum Reference {
     None,
     Model(Box<Engine>),
     Logits(logits::Reader),
+}
+
+impl Reference {
+    fn kind(&self) -> &'static str {
+        match self {
+            Reference::None => "none",
+            Reference::Model(_) => "model",
+            Reference::Logits(_) => "logits",
+        }
+    }
 }
 
 fn load(path: &Path) -> anyhow::Result<Engine> {

@@ -32,6 +32,21 @@ impl Work {
         out
     }
 
+    /// `model`'s log-probabilities over `chunks` chunks of 64 tokens of `text`, saved as a base.
+    fn save_base(&self, model: &Path, text: &Path, chunks: &str) -> PathBuf {
+        let base = self.path("base.kld");
+        edgeforge()
+            .args(["-q", "eval"])
+            .arg(model)
+            .arg("--text")
+            .arg(text)
+            .args(["-c", "64", "--chunks", chunks, "--save-logits"])
+            .arg(&base)
+            .assert()
+            .success();
+        base
+    }
+
     /// SmolLM2 as F32 (the reference) or quantized from it.
     fn smollm2(&self, scheme: &str) -> PathBuf {
         let f32 = self.path("smollm2.F32.gguf");
@@ -175,16 +190,7 @@ fn eval_figures_are_the_same_at_any_thread_count_and_by_either_route() {
     let kld = one["vs_reference"]["kld_mean"]["value"].as_f64().unwrap();
     assert!(kld > 0.0 && kld < 1.0, "{one}");
     // A model reference gives the very figures of its saved base.
-    let base = w.path("base.kld");
-    edgeforge()
-        .args(["-q", "eval"])
-        .arg(&f32)
-        .arg("--text")
-        .arg(&text)
-        .args(["-c", "64", "--chunks", "3", "--save-logits"])
-        .arg(&base)
-        .assert()
-        .success();
+    let base = w.save_base(&f32, &text, "3");
     let via_file = eval_json(&[&q, Path::new("--reference"), &base], &[]);
     assert_eq!(figures(&via_file), one);
 }
@@ -229,16 +235,7 @@ fn eval_refuses_what_it_cannot_measure_in_one_line() {
     let w = Work::new();
     let text = w.text();
     let f32 = w.smollm2("F32");
-    let base = w.path("base.kld");
-    edgeforge()
-        .args(["-q", "eval"])
-        .arg(&f32)
-        .arg("--text")
-        .arg(&text)
-        .args(["-c", "64", "--chunks", "2", "--save-logits"])
-        .arg(&base)
-        .assert()
-        .success();
+    let base = w.save_base(&f32, &text, "2");
     let before = std::fs::read(&base).unwrap();
     let refused = |args: &[&std::ffi::OsStr], needle: &str| {
         let out = edgeforge().arg("eval").args(args).output().unwrap();
