@@ -132,16 +132,7 @@ impl GraphPayload {
     /// The lowest precision its weights are stored in: what an accelerator
     /// must run for the graph to run on it.
     pub fn main_scheme(&self) -> &'static str {
-        let types = &self.quantization.tensor_types;
-        if types.contains_key("int8_pc") {
-            "int8_pc"
-        } else if types.contains_key("int8_pt") {
-            "int8_pt"
-        } else if types.contains_key("F16") {
-            "F16"
-        } else {
-            "F32"
-        }
+        main_scheme(&self.quantization.tensor_types)
     }
 
     /// Mean cosine of the file's sentence embeddings to `reference`'s f32
@@ -175,6 +166,14 @@ impl GraphPayload {
             mean_kld: None,
         })
     }
+}
+
+/// The lowest precision among a graph's weight types (counts by scheme name).
+pub fn main_scheme(types: &BTreeMap<String, u64>) -> &'static str {
+    ["int8_pc", "int8_pt", "F16"]
+        .into_iter()
+        .find(|s| types.contains_key(*s))
+        .unwrap_or("F32")
 }
 
 /// What a graph file holds and needs, read from the file alone: its weights'

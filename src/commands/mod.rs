@@ -9,6 +9,7 @@ mod imatrix;
 mod inspect;
 mod package;
 mod profile;
+mod profile_graph;
 mod publish;
 mod quantize;
 mod quantize_genai;

@@ -78,6 +78,9 @@ pub fn profile(
             plot.display()
         );
     }
+    if let Some((file, format)) = crate::artifact::graph::find(&args.model) {
+        return super::profile_graph::profile_graph(args, global, printer, &file, format);
+    }
     let model = Model::open(&args.model).context("Cannot profile")?;
     let max = crate::memory::max_context(&model.architecture);
     if let (Some(max), Some(n)) = (max, args.context) {

@@ -3,6 +3,7 @@
 //! with the engine, and a stated roofline projection onto each target.
 
 pub mod accounting;
+pub mod graph;
 pub mod measure;
 pub mod plot;
 pub mod project;

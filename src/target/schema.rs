@@ -69,6 +69,35 @@ pub struct Runtime {
     pub name: String,
     pub format: String,
     pub weight_schemes: Vec<String>,
+    /// Ops (as the format spells them) this runtime places on the
+    /// accelerator it drives, from the runtime's documentation; empty: not
+    /// stated, and `profile` says it assumes every op runs there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accelerator_ops: Vec<String>,
+    /// How the runtime splits a graph holding ops it cannot place.
+    #[serde(default, skip_serializing_if = "Partition::is_per_op")]
+    pub partition: Partition,
+    /// The runtime compiles for fixed input shapes only (QNN HTP, Edge TPU).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed_shapes: bool,
+}
+
+/// `runtimes[].partition`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partition {
+    /// Each op the accelerator lacks runs on the CPU; the rest stays on it.
+    #[default]
+    PerOp,
+    /// Everything from the first op the accelerator lacks runs on the CPU
+    /// (the Edge TPU compiler maps one leading segment only).
+    Prefix,
+}
+
+impl Partition {
+    fn is_per_op(&self) -> bool {
+        *self == Self::PerOp
+    }
 }
 
 /// `[workload]`

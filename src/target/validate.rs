@@ -221,6 +221,22 @@ pub fn check(t: &TargetSpec) -> Result<(), Problem> {
         one_of("runtimes.format", &r.format, FORMATS, "format")?;
         schemes("runtimes.weight_schemes", &r.weight_schemes)?;
         expressible(r)?;
+        let drives = t.accelerators.iter().any(|a| a.runtimes.contains(&r.name));
+        if !r.accelerator_ops.is_empty() && !drives {
+            return Err((
+                "runtimes.accelerator_ops".into(),
+                format!(
+                    "Runtime `{}` drives no accelerator (no accelerators[].runtimes names it)",
+                    r.name
+                ),
+            ));
+        }
+        if let Some(op) = r.accelerator_ops.iter().find(|o| !safe_op_name(o)) {
+            return Err((
+                "runtimes.accelerator_ops".into(),
+                format!("`{op}` is not an op name (letters, digits and `_` only)"),
+            ));
+        }
     }
     for a in &t.accelerators {
         fed_by_a_runtime(a, &t.runtimes)?;
@@ -243,4 +259,8 @@ pub fn check(t: &TargetSpec) -> Result<(), Problem> {
         within("accuracy.max_mean_kld", kld, 0.0, 100.0)?;
     }
     Ok(())
+}
+
+fn safe_op_name(op: &str) -> bool {
+    (1..=64).contains(&op.len()) && op.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }

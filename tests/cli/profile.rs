@@ -198,3 +198,165 @@ fn plot_draws_every_target_and_scheme_and_never_overwrites_silently() {
         .stderr(predicate::str::contains("already exists"));
     assert_eq!(std::fs::read_to_string(&svg).unwrap(), text);
 }
+
+/// MiniLM's multiply-adds at 128 tokens, from its config alone (hidden 384,
+/// FFN 1536, 6 layers, 12 heads): the linear layers plus q·kᵀ and p·v.
+const MINILM_MATMUL_FLOPS_128: f64 =
+    2.0 * 128.0 * 6.0 * (4.0 * 384.0 * 384.0 + 2.0 * 384.0 * 1536.0)
+        + 6.0 * 2.0 * 2.0 * 128.0 * 128.0 * 384.0;
+
+fn matmul_flops(report: &Value) -> f64 {
+    report["op_mix"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| {
+            ["MatMul", "FULLY_CONNECTED", "BATCH_MATMUL"].contains(&o["op"].as_str().unwrap())
+        })
+        .map(|o| o["flops"].as_f64().unwrap())
+        .sum()
+}
+
+fn runtime<'r>(report: &'r Value, target: &str, runtime: &str) -> &'r Value {
+    let t = report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == target)
+        .unwrap_or_else(|| panic!("no {target}: {report}"));
+    t["runtimes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["runtime"] == runtime)
+        .unwrap_or_else(|| panic!("no {runtime} on {target}: {t}"))
+}
+
+#[test]
+fn graph_files_are_profiled_op_by_op_with_what_falls_back_to_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = |out: &std::path::Path, args: &[&str]| {
+        json_success(
+            edgeforge()
+                .args(["--json", "quantize"])
+                .arg(minilm())
+                .arg("-o")
+                .arg(out)
+                .args(args),
+        )
+    };
+    let onnx = dir.path().join("fp16/model.onnx");
+    export(&onnx, &["--scheme", "fp16"]);
+    // A device whose runtime lists every op of the graph but Erf.
+    let toml = std::fs::read_to_string("targets/jetson-orin-nano-8gb.toml")
+        .unwrap()
+        .replace(
+            "name = \"jetson-orin-nano-8gb\"",
+            "name = \"jetson-no-erf\"",
+        )
+        .replace("\"Equal\", \"Erf\",", "\"Equal\",")
+        .replace(
+            "extends = \"base/",
+            &format!("extends = \"{}/targets/base/", env!("CARGO_MANIFEST_DIR")),
+        );
+    let no_erf = dir.path().join("jetson-no-erf.toml");
+    std::fs::write(&no_erf, toml).unwrap();
+    let r = profile_json(
+        &[
+            "--target",
+            "jetson-orin-nano-8gb",
+            "--target",
+            no_erf.to_str().unwrap(),
+            "--target",
+            "snapdragon-8gen3-phone",
+        ],
+        &onnx,
+    );
+    assert_eq!(r["format"], "onnx");
+    assert_eq!(r["scheme"], "F16");
+    assert_eq!(r["tokens"], 128);
+    assert_eq!(matmul_flops(&r), MINILM_MATMUL_FLOPS_128);
+    assert_eq!(
+        r["shape_arithmetic"], 4,
+        "Shape, its Gather, Range and the cast"
+    );
+    let trt = runtime(&r, "jetson-orin-nano-8gb", "tensorrt");
+    assert_eq!(
+        (trt["accelerator_share"].as_f64(), trt["segments"].as_u64()),
+        (Some(1.0), Some(1))
+    );
+    let no = runtime(&r, "jetson-no-erf", "tensorrt");
+    assert_eq!(
+        no["on_cpu"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["Erf"]
+    );
+    assert_eq!(no["on_cpu"]["Erf"][0], 6);
+    assert_eq!(no["segments"], 13, "six Erf round trips");
+    assert!(no["latency_ms"].as_f64() > trt["latency_ms"].as_f64());
+    // The Hexagon NPU lists no float weights: QNN runs this file on the CPU, and says so.
+    let qnn = runtime(&r, "snapdragon-8gen3-phone", "qnn");
+    assert_eq!(qnn["engine"], "cpu");
+    assert!(qnn["notes"][0].as_str().unwrap().contains("F16"), "{qnn}");
+
+    // Full-integer TFLite on the Coral: its graph starts with GATHER, which the
+    // Edge TPU compiler does not map, so nothing after it reaches the TPU.
+    let tflite = dir.path().join("int8.tflite");
+    let corpus = crate::common::fortunes().join("train.txt");
+    export(
+        &tflite,
+        &[
+            "--scheme",
+            "int8_pc",
+            "--calibration",
+            corpus.to_str().unwrap(),
+            "--calibration-lines",
+            "8",
+        ],
+    );
+    let r = profile_json(
+        &["--target", "coral-dev-board", "--target", "pixel-8"],
+        &tflite,
+    );
+    assert_eq!(
+        (r["format"].as_str(), r["scheme"].as_str()),
+        (Some("tflite"), Some("int8_pc"))
+    );
+    assert_eq!(matmul_flops(&r), MINILM_MATMUL_FLOPS_128);
+    let coral = runtime(&r, "coral-dev-board", "tflite-edgetpu");
+    assert_eq!(coral["engine"], "tpu Edge TPU");
+    assert!(
+        coral["accelerator_share"].as_f64().unwrap() < 1e-6,
+        "{coral}"
+    );
+    assert_eq!(coral["on_cpu"]["FULLY_CONNECTED"][0], 36);
+    assert!(
+        coral["notes"].to_string().contains("first GATHER"),
+        "{coral}"
+    );
+    let pixel = runtime(&r, "pixel-8", "litert");
+    assert_eq!(pixel["accelerator_share"], 1.0);
+    assert!(
+        pixel["notes"]
+            .to_string()
+            .contains("lists no accelerator ops"),
+        "{pixel}"
+    );
+
+    // Flags that do not apply to a graph, and a target that cannot load it.
+    edgeforge()
+        .args(["profile"])
+        .arg(&tflite)
+        .args(["--scheme", "Q4_0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "`--scheme` does not apply to a graph file",
+        ));
+    edgeforge()
+        .args(["profile"])
+        .arg(&onnx)
+        .args(["--target", "coral-dev-board"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("has no runtime that loads onnx"));
+}

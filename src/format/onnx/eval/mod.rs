@@ -110,6 +110,12 @@ impl Session {
         })
     }
 
+    /// A constant's value: an initializer, or a node output folded when the
+    /// session was prepared (all its inputs constant).
+    pub fn constant(&self, name: &str) -> Option<&Value> {
+        self.constants.get(name).map(|v| v.as_ref())
+    }
+
     /// Runs the graph on named inputs; `observe` sees every node's output.
     pub fn run(
         &self,
