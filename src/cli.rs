@@ -764,7 +764,7 @@ pub struct InspectArgs {
 }
 
 /// `edgeforge quantize MODEL --out FILE`
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct QuantizeArgs {
     /// A model folder, `.safetensors` file or `.gguf` file
     pub model: PathBuf,
@@ -897,6 +897,9 @@ pub struct TfliteArgs {
 /// Output containers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormatArg {
+    /// With --fit: what the target's accelerator runtime loads (ONNX, TFLite)
+    /// when edgeforge writes it for the model, else the CPU format; -o names a folder
+    Auto,
     Gguf,
     Safetensors,
     Onnx,

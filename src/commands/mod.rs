@@ -12,6 +12,7 @@ mod profile;
 mod profile_graph;
 mod publish;
 mod quantize;
+mod quantize_auto;
 mod quantize_genai;
 mod quantize_onnx;
 mod run;

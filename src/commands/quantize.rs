@@ -35,6 +35,9 @@ pub fn quantize(
     global: &GlobalArgs,
     printer: &Printer,
 ) -> anyhow::Result<ExitStatus> {
+    if args.format == Some(OutputFormatArg::Auto) {
+        return super::quantize_auto::quantize_auto(args, global, printer);
+    }
     let extension = args.out.extension().and_then(|e| e.to_str());
     if matches!(
         (args.format, extension),

@@ -390,3 +390,64 @@ fn completions_and_man_page_come_from_the_parser() {
     );
     assert!(text.contains("quantize"));
 }
+
+#[test]
+fn format_auto_writes_what_the_targets_accelerator_runtime_loads_within_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = fortunes().join("train.txt");
+    let auto = |target: &str, out: &Path| {
+        quantize_json(
+            &[
+                "--fit",
+                target,
+                "--format",
+                "auto",
+                "--calibration",
+                corpus.to_str().unwrap(),
+                "--calibration-texts",
+                "8",
+            ],
+            &minilm(),
+            out,
+        )
+    };
+    // The Edge TPU runs full-integer int8 only, and MiniLM's misses the
+    // Coral's budget there: exit 1, nothing written, no scratch left behind.
+    let coral = dir.path().join("coral");
+    let (code, report, _) = auto("coral-dev-board", &coral);
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["runtime"], "tflite-edgetpu");
+    assert_eq!(report["tried"].as_array().unwrap().len(), 1);
+    assert!(report["output"].is_null());
+    assert_eq!(std::fs::read_dir(&coral).unwrap().count(), 0);
+    // Pixel 8: LiteRT on its TPU; int8 over budget, so the F16 TFLite, with
+    // the config and tokenizer that make the folder a payload.
+    let pixel = dir.path().join("pixel");
+    let (code, report, _) = auto("pixel-8", &pixel);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        (report["format"].as_str(), report["scheme"].as_str()),
+        (Some("tflite"), Some("F16"))
+    );
+    assert_eq!(report["tried"][0]["within_budget"], false);
+    assert!(report["tried"][1]["cosine_mean"].as_f64().unwrap() > 0.9999);
+    let mut names: Vec<String> = std::fs::read_dir(&pixel)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["config.json", "model.tflite", "tokenizer.json"]);
+    let (code, _, stderr) = auto("pixel-8", &pixel);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("already exists"), "{stderr}");
+    // A decoder has no graph writer for these runtimes: the CPU format, planned by --fit.
+    let smol = dir.path().join("smol");
+    let (code, report, _) = quantize_json(
+        &["--fit", "rpi5-8gb", "--format", "auto", "--allow-requant"],
+        &smollm2_gguf(),
+        &smol,
+    );
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["format"], "gguf");
+    assert!(smol.join("model.gguf").is_file());
+}
