@@ -81,14 +81,24 @@ pub struct GraphPayload {
     pub compatibility: Compatibility,
 }
 
-/// The graph file `path` names: `.onnx`/`.tflite` itself, or the
-/// `model.onnx`/`model.tflite` inside a folder.
+/// The graph file `path` names: `.onnx`/`.tflite` itself, or inside a
+/// folder its `model.onnx`/`model.tflite`, else its only graph file.
 pub fn find(path: &Path) -> Option<(PathBuf, GraphFormat)> {
     if path.is_dir() {
-        return [GraphFormat::Onnx, GraphFormat::Tflite]
+        let named = [GraphFormat::Onnx, GraphFormat::Tflite]
             .into_iter()
             .map(|f| (path.join(f.file_name()), f))
             .find(|(p, _)| p.is_file());
+        if named.is_some() {
+            return named;
+        }
+        let mut graphs: Vec<(PathBuf, GraphFormat)> = fs_err::read_dir(path)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .filter_map(|p| GraphFormat::of_path(&p).map(|f| (p, f)))
+            .collect();
+        return (graphs.len() == 1).then(|| graphs.remove(0));
     }
     GraphFormat::of_path(path).map(|f| (path.to_path_buf(), f))
 }
@@ -133,6 +143,45 @@ impl GraphPayload {
     /// must run for the graph to run on it.
     pub fn main_scheme(&self) -> &'static str {
         main_scheme(&self.quantization.tensor_types)
+    }
+
+    /// The sentence embeddings the file computes for `texts`, with the
+    /// tokenizer beside it: what the graph's runtime would return, computed
+    /// by edgeforge's evaluator of the format (QDQ and TFLite integer
+    /// semantics included).
+    pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ArtifactError> {
+        let dir = self.file.parent().unwrap_or(Path::new("."));
+        let tokenizer = dir.join("tokenizer.json");
+        if !tokenizer.is_file() {
+            return Err(ArtifactError::at(
+                &self.file,
+                "no tokenizer.json beside the graph (copy the source model's)",
+            ));
+        }
+        let tok = crate::engine::TextTokenizer::from_json(&tokenizer)
+            .map_err(|e| at(&tokenizer, e.to_string()))?;
+        let fail = |e: String| at(&self.file, e);
+        // Cut as the ONNX graph's position table allows (TFLite cuts to its own length).
+        let max = match self.format {
+            GraphFormat::Onnx => crate::memory::max_context(&self.architecture).unwrap_or(512),
+            GraphFormat::Tflite => u64::MAX,
+        } as usize;
+        let ids = crate::format::onnx::export::tokenize(&tok, texts, max)
+            .map_err(|e| at(&tokenizer, e.to_string()))?;
+        match self.format {
+            GraphFormat::Onnx => {
+                let onnx = OnnxFile::open(&self.file).map_err(|e| fail(e.to_string()))?;
+                let session = crate::format::onnx::eval::Session::new(&onnx.model, &self.file)
+                    .map_err(|e| fail(e.to_string()))?;
+                crate::quant::calibrate::embed_all(&session, &ids).map_err(|e| fail(e.to_string()))
+            }
+            GraphFormat::Tflite => {
+                let bytes = fs_err::read(&self.file).map_err(|e| fail(e.to_string()))?;
+                crate::format::tflite::export::FileEmbedder::new(&bytes, &self.file)
+                    .and_then(|f| f.embed(&ids))
+                    .map_err(|e| fail(e.to_string()))
+            }
+        }
     }
 
     /// Mean cosine of the file's sentence embeddings to `reference`'s f32

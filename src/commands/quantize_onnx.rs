@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
+use crate::artifact::accelerated::CALIBRATION;
 use crate::artifact::accuracy::DEFAULT_EVAL;
+use crate::artifact::graph::SIDE_FILES;
 use crate::cli::{CalibrationMethodArg, QuantizeArgs};
 use crate::exit::ExitStatus;
 use crate::format::atomic::{write_atomic, Overwrite};
@@ -29,6 +31,8 @@ struct Report<'a> {
     opset: i64,
     bytes: u64,
     tokenizer: Option<PathBuf>,
+    /// Side files copied beside the graph (config, tokenizer).
+    copied: Vec<PathBuf>,
     accuracy: FileAccuracy,
     #[serde(skip_serializing_if = "Option::is_none")]
     calibration: Option<CalibrationInfo>,
@@ -87,7 +91,11 @@ pub fn quantize_onnx(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result<E
         fs_err::create_dir_all(dir).context("Cannot quantize")?;
     }
     write_atomic(&args.out, &exported.bytes, overwrite).context("Cannot quantize")?;
-    let tokenizer = copy_tokenizer(&model, &args.out)?;
+    let copied = copy_side_files(&model, &args.out)?;
+    let tokenizer = copied
+        .iter()
+        .find(|p| p.ends_with("tokenizer.json"))
+        .cloned();
     let texts: Vec<String> = DEFAULT_EVAL.iter().map(|s| s.to_string()).collect();
     let accuracy =
         export::accuracy(&args.out, &model, &texts).context("Cannot check the written file")?;
@@ -99,6 +107,7 @@ pub fn quantize_onnx(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result<E
         opset: OPSET,
         bytes: exported.bytes.len() as u64,
         tokenizer,
+        copied,
         accuracy,
         calibration: exported.calibration,
     };
@@ -111,21 +120,30 @@ pub fn quantize_onnx(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result<E
 }
 
 /// ONNX users expect `model.onnx` with `tokenizer.json` beside it.
-fn copy_tokenizer(model: &Model, out: &Path) -> anyhow::Result<Option<PathBuf>> {
-    let Some(src) = &model.tokenizer else {
-        return Ok(None);
-    };
-    let dst = out
+/// Copies the source model's config and tokenizer files beside `out` (those
+/// not there yet), so the folder is a graph payload every command reads;
+/// returns what it copied.
+pub(super) fn copy_side_files(model: &Model, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join("tokenizer.json");
-    if dst.exists() {
-        return Ok(None);
+        .unwrap_or(Path::new("."));
+    let mut copied = Vec::new();
+    for src in &model.files {
+        let Some(name) = src.file_name() else {
+            continue;
+        };
+        let dst = dir.join(name);
+        let side = SIDE_FILES.contains(&name.to_string_lossy().as_ref());
+        if !side || name == CALIBRATION || dst.exists() {
+            continue;
+        }
+        let bytes = fs_err::read(src).context("Cannot copy the model's side files")?;
+        write_atomic(&dst, &bytes, Overwrite::Deny)
+            .context("Cannot copy the model's side files")?;
+        copied.push(dst);
     }
-    let bytes = fs_err::read(src).context("Cannot copy the tokenizer")?;
-    write_atomic(&dst, &bytes, Overwrite::Deny).context("Cannot copy the tokenizer")?;
-    Ok(Some(dst))
+    Ok(copied)
 }
 
 fn render(r: &Report<'_>) -> String {
@@ -160,8 +178,8 @@ fn render(r: &Report<'_>) -> String {
         r.accuracy.cosine_min,
         r.accuracy.eval_texts
     );
-    if let Some(t) = &r.tokenizer {
-        let _ = writeln!(out, "copied the tokenizer to {}", t.display());
+    for c in &r.copied {
+        let _ = writeln!(out, "copied {}", c.display());
     }
     out
 }

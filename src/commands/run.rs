@@ -38,7 +38,8 @@ struct EmbedReport<'a> {
     model: &'a std::path::Path,
     texts: &'a [String],
     dimensions: usize,
-    /// Arithmetic of the linear layers: f32 or int8.
+    /// Arithmetic of the linear layers: f32 or int8; for a graph file, the
+    /// scheme its weights are stored in (edgeforge's evaluator computes it).
     precision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     embeddings: Option<&'a [Vec<f32>]>,
@@ -67,24 +68,52 @@ fn embed(args: &EmbedArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
         !texts.is_empty(),
         "Nothing to embed: give --text or a non-empty --file"
     );
-    let precision = if args.int8 {
-        Precision::Int8
-    } else {
-        Precision::F32
+    let (vectors, precision, load_seconds, embed_seconds) = match crate::artifact::graph::find(
+        &args.model,
+    )
+    .filter(|(f, _)| f.is_file())
+    {
+        Some((file, format)) => {
+            anyhow::ensure!(
+                    !args.int8,
+                    "{}: `--int8` is for weights the engine loads; a graph computes in the scheme it was written in",
+                    file.display()
+                );
+            let started = std::time::Instant::now();
+            let graph =
+                crate::artifact::graph::GraphPayload::open(&file, format).context("Cannot run")?;
+            let load_seconds = started.elapsed().as_secs_f64();
+            let started = std::time::Instant::now();
+            let vectors = graph.embed(&texts).context("Cannot run")?;
+            (
+                vectors,
+                graph.main_scheme(),
+                load_seconds,
+                started.elapsed().as_secs_f64(),
+            )
+        }
+        None => {
+            let precision = if args.int8 {
+                Precision::Int8
+            } else {
+                Precision::F32
+            };
+            let engine = load(&args.model, precision)?;
+            let started = std::time::Instant::now();
+            let vectors = engine.embed(&texts).context("Cannot run")?;
+            let took = started.elapsed().as_secs_f64();
+            (vectors, precision.name(), engine.load_seconds, took)
+        }
     };
-    let engine = load(&args.model, precision)?;
-    let started = std::time::Instant::now();
-    let vectors = engine.embed(&texts).context("Cannot run")?;
-    let embed_seconds = started.elapsed().as_secs_f64();
     let similarity = args.similarity.then(|| cosine_matrix(&vectors));
     let report = EmbedReport {
         model: &args.model,
         texts: &texts,
         dimensions: vectors.first().map_or(0, Vec::len),
-        precision: precision.name(),
+        precision,
         embeddings: (!args.similarity).then_some(vectors.as_slice()),
         similarity,
-        load_seconds: engine.load_seconds,
+        load_seconds,
         embed_seconds,
         peak_rss_bytes: report_rss(),
     };

@@ -32,6 +32,8 @@ struct Report<'a> {
     ops: serde_json::Map<String, serde_json::Value>,
     calibration: Option<Calibration>,
     accuracy: Accuracy,
+    /// Side files copied beside the graph (config, tokenizer).
+    copied: Vec<std::path::PathBuf>,
     seconds: f64,
 }
 
@@ -63,6 +65,9 @@ pub fn quantize_tflite(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result
         Overwrite::Deny
     };
     // Refuse early (before minutes of calibration) when the output exists.
+    if let Some(dir) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs_err::create_dir_all(dir).context("Cannot export")?;
+    }
     let file = AtomicFile::create(&args.out, overwrite)?;
     let model = Model::open(&args.model).context("Cannot export")?;
     let started = Instant::now();
@@ -80,6 +85,7 @@ pub fn quantize_tflite(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result
     std::io::Write::write_all(&mut file, &exported.bytes)
         .with_context(|| format!("{}: Cannot write", args.out.display()))?;
     file.commit()?;
+    let copied = super::quantize_onnx::copy_side_files(&model, &args.out)?;
     let report = Report {
         input: &args.model,
         output: &args.out,
@@ -96,6 +102,7 @@ pub fn quantize_tflite(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result
             .collect(),
         calibration: exported.calibration,
         accuracy,
+        copied,
         seconds: started.elapsed().as_secs_f64(),
     };
     if printer.json {
@@ -122,14 +129,17 @@ fn render(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "{}: TFLite {} (seq {}), {} bytes; cosine to f32 on {} sentences: mean {:.6}, min {:.6}",
+        "{}: TFLite {} (seq {}), {}; cosine to f32 on {} sentences: mean {:.6}, min {:.6}",
         r.output.display(),
         r.scheme,
         r.seq_len,
-        r.bytes,
+        crate::units::human_bytes(r.bytes as u64),
         r.accuracy.sentences,
         r.accuracy.mean_cosine,
         r.accuracy.min_cosine
     );
+    for c in &r.copied {
+        let _ = writeln!(out, "copied {}", c.display());
+    }
     out
 }

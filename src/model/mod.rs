@@ -215,6 +215,15 @@ impl Model {
         if is_gguf(path)? {
             return Self::open_gguf(path);
         }
+        if let Some(kind) = graph_kind(path) {
+            return Err(ModelError::invalid(
+                path,
+                format!(
+                    "{kind} graph, not weights edgeforge's engine loads: `run embed`, `profile`, \
+                     `inspect`, `package` and `verify` read it; other commands take the model it was exported from"
+                ),
+            ));
+        }
         let dir = path.parent().unwrap_or(Path::new("."));
         Self::open_safetensors(path, path, dir)
     }
@@ -230,13 +239,18 @@ impl Model {
             .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
             .collect();
         ggufs.sort();
-        match ggufs.as_slice() {
-            [one] => Self::open_gguf(one),
-            [] => Err(ModelError::invalid(
+        let graph = fs_err::read_dir(dir)
+            .map_err(|e| ModelError::invalid(dir, e.to_string()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| graph_kind(p).is_some());
+        match (ggufs.as_slice(), graph) {
+            ([], Some(graph)) => Self::open(&graph),
+            ([one], _) => Self::open_gguf(one),
+            ([], None) => Err(ModelError::invalid(
                 dir,
                 "No model.safetensors, model.safetensors.index.json or .gguf file in this folder",
             )),
-            many => Err(ModelError::invalid(
+            (many, _) => Err(ModelError::invalid(
                 dir,
                 format!("{} .gguf files in this folder; name one", many.len()),
             )),
@@ -456,4 +470,13 @@ pub fn gguf_architecture(file: &GgufFile) -> Architecture {
         }
     })();
     parsed.unwrap_or(Architecture::Other { name: arch })
+}
+
+/// What a graph file's name says it is (`an ONNX`, `a TFLite`).
+fn graph_kind(path: &Path) -> Option<&'static str> {
+    match path.extension()?.to_str()? {
+        "onnx" => Some("an ONNX"),
+        "tflite" => Some("a TFLite"),
+        _ => None,
+    }
 }

@@ -451,3 +451,47 @@ fn format_auto_writes_what_the_targets_accelerator_runtime_loads_within_its_budg
     assert_eq!(report["format"], "gguf");
     assert!(smol.join("model.gguf").is_file());
 }
+
+#[test]
+fn graph_files_quantize_writes_run_with_run_embed_beside_their_config_and_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = ["The weather is lovely today.", "He drove to the stadium."];
+    let embed = |model: &Path| {
+        let mut cmd = edgeforge();
+        cmd.args(["--json", "run", "embed"]).arg(model);
+        for t in texts {
+            cmd.args(["--text", t]);
+        }
+        json_success(&mut cmd)
+    };
+    let source = embed(&minilm());
+    for out in ["onnx/model.onnx", "tflite/minilm.tflite"] {
+        let out = dir.path().join(out);
+        let (code, report, stderr) = quantize_json(&["--scheme", "fp16"], &minilm(), &out);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(report["copied"].as_array().unwrap().len(), 2, "{report}");
+        let parent = out.parent().unwrap();
+        assert!(parent.join("config.json").is_file() && parent.join("tokenizer.json").is_file());
+        // The file itself and its folder both run, in the scheme it holds.
+        for model in [out.as_path(), parent] {
+            let got = embed(model);
+            assert_eq!(got["precision"], "F16");
+            for i in 0..texts.len() {
+                let (a, b) = (&got["embeddings"][i], &source["embeddings"][i]);
+                let dot: f64 = (0..384)
+                    .map(|j| a[j].as_f64().unwrap() * b[j].as_f64().unwrap())
+                    .sum();
+                assert!(dot > 0.9999, "{}: cosine {dot}", model.display());
+            }
+        }
+        edgeforge()
+            .args(["run", "generate"])
+            .arg(&out)
+            .args(["--prompt", "hi"])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(
+                "graph, not weights edgeforge's engine loads",
+            ));
+    }
+}

@@ -126,7 +126,7 @@ fn tokenizer(model: &Model) -> Result<TextTokenizer, ExportError> {
 }
 
 /// Token ids of `texts`, cut to `max` tokens (keeping the closing token).
-fn tokenize(
+pub fn tokenize(
     tok: &TextTokenizer,
     texts: &[String],
     max: usize,

@@ -225,6 +225,63 @@ pub struct Accuracy {
     pub seq_len: usize,
 }
 
+/// A TFLite encoder file read back, ready to embed token sequences at its
+/// fixed length.
+pub struct FileEmbedder {
+    graph: Graph,
+    path: PathBuf,
+    /// The file's sequence length.
+    pub seq: usize,
+}
+
+impl FileEmbedder {
+    pub fn new(bytes: &[u8], file: &Path) -> Result<Self, TfliteError> {
+        let read_error = |m: &str| TfliteError::Read {
+            path: file.to_path_buf(),
+            source: ReadError(m.into()),
+        };
+        let graph: Graph = read::read(bytes).map_err(|source| TfliteError::Read {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        let [ids_t, _] = graph.inputs.as_slice() else {
+            return Err(read_error(
+                "expected two inputs (input_ids, attention_mask)",
+            ));
+        };
+        let seq = graph.tensors[*ids_t]
+            .shape
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(0) as usize;
+        Ok(Self {
+            graph,
+            path: file.to_path_buf(),
+            seq,
+        })
+    }
+
+    /// The embedding the file computes for each of `ids` (cut to its length,
+    /// keeping the closing token; padded with mask 0).
+    pub fn embed(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, TfliteError> {
+        let eval = Evaluator::new(&self.graph)?;
+        ids.iter()
+            .map(|ids| {
+                let (fixed, mask) = fixed_length(ids.clone(), self.seq);
+                let out = eval.run(vec![Value::I32(fixed), Value::I32(mask)], None)?;
+                match out.into_iter().next() {
+                    Some(Value::F32(got)) => Ok(got),
+                    _ => Err(TfliteError::Read {
+                        path: self.path.clone(),
+                        source: ReadError("the output is not float32".into()),
+                    }),
+                }
+            })
+            .collect()
+    }
+}
+
 /// Reads `bytes` back (as a file is read), runs it on `texts` and compares
 /// its embeddings with the f32 engine's for the same model.
 pub fn accuracy(
@@ -234,17 +291,8 @@ pub fn accuracy(
     texts: &[&str],
 ) -> Result<Accuracy, TfliteError> {
     bert_config(model)?;
-    let graph: Graph = read::read(bytes).map_err(|source| TfliteError::Read {
-        path: file.to_path_buf(),
-        source,
-    })?;
-    let [ids_t, _] = graph.inputs.as_slice() else {
-        return Err(TfliteError::Read {
-            path: file.to_path_buf(),
-            source: ReadError("expected two inputs (input_ids, attention_mask)".into()),
-        });
-    };
-    let seq = graph.tensors[*ids_t].shape.last().copied().unwrap_or(0) as usize;
+    let embedder = FileEmbedder::new(bytes, file)?;
+    let seq = embedder.seq;
     let engine = crate::engine::Engine::load(model)?;
     let Network::Encoder(encoder) = &engine.network else {
         return Err(TfliteError::Unsupported {
@@ -252,11 +300,14 @@ pub fn accuracy(
             arch: model.architecture.name().into(),
         });
     };
-    let eval = Evaluator::new(&graph)?;
+    let ids = texts
+        .iter()
+        .map(|t| engine.tokenizer.encode(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let got = embedder.embed(&ids)?;
     let mut cosines = Vec::with_capacity(texts.len());
-    for text in texts {
-        let ids = engine.tokenizer.encode(text)?;
-        let (fixed, mask) = fixed_length(ids.clone(), seq);
+    for (ids, got) in ids.into_iter().zip(&got) {
+        let (fixed, mask) = fixed_length(ids, seq);
         let reference = encoder
             .embed(&[fixed
                 .iter()
@@ -265,14 +316,7 @@ pub fn accuracy(
                 .map(|(&t, _)| t as u32)
                 .collect()])
             .remove(0);
-        let out = eval.run(vec![Value::I32(fixed), Value::I32(mask)], None)?;
-        let Some(Value::F32(got)) = out.into_iter().next() else {
-            return Err(TfliteError::Read {
-                path: file.to_path_buf(),
-                source: ReadError("the output is not float32".into()),
-            });
-        };
-        cosines.push(cosine(&got, &reference));
+        cosines.push(cosine(got, &reference));
     }
     let mean = cosines.iter().sum::<f64>() / cosines.len().max(1) as f64;
     let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
