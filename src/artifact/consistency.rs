@@ -167,7 +167,7 @@ pub fn derived(m: &Manifest, d: &Derived, target: &Target) -> Vec<Check> {
             q.format.clone(),
         ));
     }
-    if d.compatibility != m.compatibility {
+    if !d.compatibility.requirements_eq(&m.compatibility) {
         checks.push(check(
             "compatibility",
             false,

@@ -243,6 +243,7 @@ pub fn describe(
             format: format.name().into(),
             gguf_version: None,
             requires,
+            checked_with: super::manifest::checked_with(format.name()),
         },
     ))
 }

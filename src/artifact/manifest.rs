@@ -125,6 +125,31 @@ pub struct Compatibility {
     pub gguf_version: Option<u32>,
     /// What a runtime must support to load the files.
     pub requires: Vec<String>,
+    /// Runtimes (package and version) edgeforge's test suite loads and runs
+    /// files of this format and writer with: the pins of `tests/requirements.txt`.
+    /// What the edgeforge that built the artifact was checked with, so
+    /// `verify` does not re-derive it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checked_with: Vec<String>,
+}
+
+impl Compatibility {
+    /// What the files require, without the build's provenance.
+    pub fn requirements_eq(&self, other: &Self) -> bool {
+        (&self.format, self.gguf_version, &self.requires)
+            == (&other.format, other.gguf_version, &other.requires)
+    }
+}
+
+/// The runtimes `tests/cli/onnx.rs` and `tests/cli/tflite.rs` load edgeforge's
+/// graph files with (`checked_with`; a unit test holds them to the pins).
+pub fn checked_with(format: &str) -> Vec<String> {
+    let runtimes: &[&str] = match format {
+        "onnx" => &["onnxruntime 1.31.1", "openvino 2026.4.1"],
+        "tflite" => &["ai-edge-litert 2.3.0"],
+        _ => &[],
+    };
+    runtimes.iter().map(|r| r.to_string()).collect()
 }
 
 /// Canonical JSON: object keys sorted at every depth, no whitespace.
@@ -157,5 +182,24 @@ mod tests {
             String::from_utf8(canonical_json(&v)).unwrap(),
             r#"{"a":{"c":null,"z":[{"x":2,"y":1}]},"b":1}"#
         );
+    }
+}
+
+#[cfg(test)]
+mod checked_with_tests {
+    /// `checked_with` names exactly the versions the test venv installs.
+    #[test]
+    fn checked_runtimes_are_the_test_suites_pins() {
+        let pins = include_str!("../../tests/requirements.txt");
+        for format in ["onnx", "tflite"] {
+            for runtime in super::checked_with(format) {
+                let (name, version) = runtime.split_once(' ').unwrap();
+                let pin = format!("{name}=={version}");
+                assert!(
+                    pins.lines().any(|l| l.trim() == pin),
+                    "{pin} is not in tests/requirements.txt"
+                );
+            }
+        }
     }
 }

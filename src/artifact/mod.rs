@@ -361,6 +361,7 @@ pub(super) fn compatibility_of(model: &Model) -> Compatibility {
         format: format_name(model).into(),
         gguf_version,
         requires,
+        checked_with: Vec::new(),
     }
 }
 

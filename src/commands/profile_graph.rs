@@ -15,6 +15,7 @@ use crate::exit::ExitStatus;
 use crate::printer::{sanitize, Printer};
 use crate::profile::graph::{self, GraphCost, Placement, Stage};
 use crate::profile::project::ASSUMED;
+use crate::target::schema::Runtime;
 use crate::target::{self, Target};
 use crate::units::human_bytes;
 
@@ -54,6 +55,9 @@ struct TargetReport {
     budget_bytes: u64,
     fits: bool,
     runtimes: Vec<Placement>,
+    /// Runtimes that load the format but not this file's weight scheme.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_run: Vec<String>,
 }
 
 /// Profiles the graph file `file` (already found to be one).
@@ -98,14 +102,32 @@ pub fn profile_graph(
     let mut reports = Vec::new();
     let mut not_loaded_by = Vec::new();
     for t in &targets {
-        let runtimes: Vec<Placement> = t
+        let loaders: Vec<_> = t
             .spec
             .runtimes
             .iter()
             .filter(|r| r.format == format.name())
+            .collect();
+        let (takes, refuses): (Vec<&Runtime>, Vec<&Runtime>) = loaders.into_iter().partition(|r| {
+            r.weight_schemes
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(scheme))
+        });
+        let runtimes: Vec<Placement> = takes
+            .iter()
             .map(|r| graph::place(&cost, t, r, scheme, ASSUMED))
             .collect();
-        if runtimes.is_empty() {
+        let not_run: Vec<String> = refuses
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} does not take {scheme} weights (it runs {})",
+                    r.name,
+                    r.weight_schemes.join(", ")
+                )
+            })
+            .collect();
+        if takes.is_empty() && refuses.is_empty() {
             if !args.targets.is_empty() {
                 bail!(
                     "{}: target {} has no runtime that loads {} (its runtimes load: {})",
@@ -124,6 +146,7 @@ pub fn profile_graph(
             budget_bytes: t.model_budget_bytes(),
             fits: quantization.weight_bytes <= t.model_budget_bytes(),
             runtimes,
+            not_run,
         });
     }
     let count = |stage| cost.nodes.iter().filter(|n| n.stage == stage).count();
@@ -242,6 +265,9 @@ fn render(r: &Report, markdown: bool) -> String {
                 let _ = writeln!(out, "  note: {}", sanitize(n));
             }
             let _ = writeln!(out, "  projection: {}", p.assumption);
+        }
+        for n in &t.not_run {
+            let _ = writeln!(out, "not run: {}", sanitize(n));
         }
     }
     if !r.not_loaded_by.is_empty() {
