@@ -603,7 +603,7 @@ pub(super) fn build_target(
                 target: target.name().into(),
                 status: "failed",
                 detail: format!(
-                    "nothing fits: the smallest plan ({}) misses the budget by {:.1} MB",
+                    "nothing fits: the smallest plan ({}) misses the budget by {:.1} MiB",
                     plan.preset,
                     miss.shortfall_mib()
                 ),

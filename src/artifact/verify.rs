@@ -115,17 +115,17 @@ pub fn verify(
             passed: f.fits(),
             detail: if f.fits() {
                 format!(
-                    "{:.1} of {:.1} MiB at {} tokens{drift}",
-                    mib(f.total_bytes),
-                    mib(f.budget_bytes),
+                    "{} of {} at {} tokens{drift}",
+                    crate::units::human_bytes(f.total_bytes),
+                    crate::units::human_bytes(f.budget_bytes),
                     f.context_tokens
                 )
             } else {
                 format!(
-                    "misses the budget by {:.1} MiB ({:.1} of {:.1} MiB){drift}",
+                    "misses the budget by {:.1} MiB ({} of {}){drift}",
                     f.shortfall_mib(),
-                    mib(f.total_bytes),
-                    mib(f.budget_bytes)
+                    crate::units::human_bytes(f.total_bytes),
+                    crate::units::human_bytes(f.budget_bytes)
                 )
             },
         });
@@ -193,10 +193,6 @@ fn gate_check(g: Gate, source: &str) -> Check {
         passed: g.passed,
         detail,
     }
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1u64 << 20) as f64
 }
 
 /// What an artifact carries: a model the engine runs, or an accelerator graph.

@@ -82,7 +82,7 @@ fn render(s: &ModelSummary) -> String {
     let files: u64 = s.files.iter().map(|f| f.size_bytes).sum();
     let _ = writeln!(
         out,
-        "{}  ({}, {} file{}, {})",
+        "{}  ({}, {} file{}, {} on disk, {} of tensors)",
         s.path.display(),
         match s.format {
             crate::model::ModelFormat::Gguf => "gguf",
@@ -90,7 +90,8 @@ fn render(s: &ModelSummary) -> String {
         },
         s.files.len(),
         if s.files.len() == 1 { "" } else { "s" },
-        human_bytes(files)
+        human_bytes(files),
+        human_bytes(s.tensor_bytes)
     );
     let _ = writeln!(out, "architecture  {}", sanitize(&s.architecture.summary()));
     let _ = write!(

@@ -394,7 +394,7 @@ fn render(r: &Report, markdown: bool) -> String {
             let fits = if c.fits {
                 "yes".to_string()
             } else {
-                format!("no, misses by {:.1} MB", c.shortfall_mib)
+                format!("no, misses by {:.1} MiB", c.shortfall_mib)
             };
             let cells = [
                 c.scheme.clone(),

@@ -97,7 +97,7 @@ pub fn quantize(
         target.as_ref().map(|t| {
             Footprint::new(
                 &model.architecture,
-                plan.total_bytes(),
+                apply::written_bytes(&model, plan, format),
                 context,
                 t.runtime_overhead_bytes(),
                 t.model_budget_bytes(),
@@ -140,7 +140,7 @@ pub fn quantize(
                     args.model.display(),
                     t.name(),
                     plan.preset,
-                    human_bytes(plan.total_bytes()),
+                    human_bytes(apply::written_bytes(&model, &plan, format)),
                     human_bytes(miss.total_bytes),
                     human_bytes(miss.budget_bytes),
                     miss.shortfall_mib()
@@ -204,7 +204,7 @@ pub fn quantize(
         target: target.as_ref().map(Target::name),
         footprint,
         bytes_before,
-        bytes_after: plan.total_bytes(),
+        bytes_after: apply::written_bytes(&model, &plan, format),
         bits_per_weight: plan.bits_per_weight(),
         tensors,
     };
@@ -320,7 +320,7 @@ fn render(r: &Report<'_>, plan: &Plan) -> String {
             human_bytes(f.runtime_overhead_bytes),
             human_bytes(f.total_bytes),
             human_bytes(f.budget_bytes),
-            if f.fits() { "fits".to_string() } else { format!("misses by {:.1} MB", f.shortfall_mib()) }
+            if f.fits() { "fits".to_string() } else { format!("misses by {:.1} MiB", f.shortfall_mib()) }
         );
     }
     out

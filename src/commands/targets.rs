@@ -118,7 +118,7 @@ fn accelerator_summary(t: &Target) -> String {
 fn render_list(all: &[Target]) -> String {
     let mut out = format!(
         "{:<24} {:<7} {:>7} {:>9} {:<22} {:<34} {}\n",
-        "name", "class", "RAM MB", "budget MB", "cpu", "accelerator", "formats"
+        "name", "class", "RAM MiB", "budget MiB", "cpu", "accelerator", "formats"
     );
     for t in all {
         let c = &t.spec.cpu;
@@ -152,7 +152,7 @@ fn render_show(t: &Target) -> String {
     );
     let _ = writeln!(
         out,
-        "memory     {} MB RAM, model budget {} MB, runtime overhead {} MB, storage {} MB",
+        "memory     {} MiB RAM, model budget {} MiB, runtime overhead {} MiB, storage {} MiB",
         s.memory.ram_mb,
         t.model_budget_mb(),
         s.memory.runtime_overhead_mb,

@@ -173,6 +173,15 @@ pub fn preview(model: &Model, plan: &Plan, format: OutputFormat) -> Vec<TensorRe
         .collect()
 }
 
+/// Bytes of the tensors the output file holds: the plan less what the
+/// format's converter drops (a BERT GGUF has no pooler).
+pub fn written_bytes(model: &Model, plan: &Plan, format: OutputFormat) -> u64 {
+    planned(model, plan, format)
+        .iter()
+        .map(|(p, _, _)| p.bytes)
+        .sum()
+}
+
 /// Each planned tensor with its source tensor and output name, in the order
 /// the file holds them.
 fn planned<'p>(
@@ -490,7 +499,8 @@ fn write_safetensors(
             stream
                 .write_tensor(model.tensor_bytes(t))
                 .map_err(|e| e.to_string())?;
-            reports.push(report(p, t, name, t.n_bytes, Some(ErrorStats::default())));
+            // Not numbers quantization acts on (ids, masks): no error to report.
+            reports.push(report(p, t, name, t.n_bytes, None));
         } else {
             let (enc, err) = encode(model, p, t, false, None)?;
             let mut bytes = 0;
