@@ -97,14 +97,7 @@ pub fn profile(
         );
     }
     let dir = global.targets_dir.as_deref();
-    let targets: Vec<Target> = if args.targets.is_empty() {
-        target::load_all(dir)?
-    } else {
-        args.targets
-            .iter()
-            .map(|n| target::load(n, dir))
-            .collect::<Result<_, _>>()?
-    };
+    let targets = target::load_named(&args.targets, dir)?;
     let presets = args
         .schemes
         .iter()

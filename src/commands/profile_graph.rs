@@ -15,8 +15,8 @@ use crate::exit::ExitStatus;
 use crate::printer::{sanitize, Printer};
 use crate::profile::graph::{self, GraphCost, Placement, Stage};
 use crate::profile::project::ASSUMED;
+use crate::target;
 use crate::target::schema::Runtime;
-use crate::target::{self, Target};
 use crate::units::human_bytes;
 
 #[derive(Serialize)]
@@ -91,14 +91,7 @@ pub fn profile_graph(
     }
     let scheme = payload::main_scheme(&quantization.tensor_types);
     let dir = global.targets_dir.as_deref();
-    let targets: Vec<Target> = if args.targets.is_empty() {
-        target::load_all(dir)?
-    } else {
-        args.targets
-            .iter()
-            .map(|n| target::load(n, dir))
-            .collect::<Result<_, _>>()?
-    };
+    let targets = target::load_named(&args.targets, dir)?;
     let mut reports = Vec::new();
     let mut not_loaded_by = Vec::new();
     for t in &targets {

@@ -139,6 +139,15 @@ pub fn load(name_or_path: &str, dir: Option<&Path>) -> Result<Target, TargetErro
         })
 }
 
+/// The targets `names` (names or `.toml` paths), or every target when
+/// `names` is empty: what a `--target T ...` flag selects.
+pub fn load_named(names: &[String], dir: Option<&Path>) -> Result<Vec<Target>, TargetError> {
+    if names.is_empty() {
+        return load_all(dir);
+    }
+    names.iter().map(|n| load(n, dir)).collect()
+}
+
 /// Every target in `dir` (or `./targets`, or the built-in set), sorted by
 /// name; files under `base/` are parents only. Duplicate names are errors.
 pub fn load_all(dir: Option<&Path>) -> Result<Vec<Target>, TargetError> {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use load::{from_text, load, load_all, load_file, TargetError};
+pub use load::{from_text, load, load_all, load_file, load_named, TargetError};
 pub use schema::TargetSpec;
 pub use validate::MAX_MB;
 
