@@ -362,6 +362,39 @@ unsafe fn q4_1_x4_k<const V: bool>(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
     ]
 }
 
+/// # Safety
+/// As [`iq4_nl`], for each of the four activation rows: even and odd
+/// blocks in their own accumulators and an odd last block after, as there.
+#[inline(always)]
+unsafe fn iq4_nl_x4_k<const V: bool>(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
+    let n = w.len() / IQ4_NL_BYTES;
+    check_rows(&a, n);
+    let levels = _mm_loadu_si128(KVALUES.as_ptr() as *const __m128i);
+    let mut even = [_mm256_setzero_ps(); 4];
+    let mut odd = [_mm256_setzero_ps(); 4];
+    let mut last = [_mm256_setzero_ps(); 4];
+    for b in 0..n {
+        let blk = w.as_ptr().add(b * IQ4_NL_BYTES);
+        let wq = nl_levels(blk.add(2), levels);
+        let acc = if b % 2 == 1 {
+            &mut odd
+        } else if b + 1 < n {
+            &mut even
+        } else {
+            &mut last
+        };
+        signed_tokens::<V>(acc, wq, half1(blk), &a, b);
+    }
+    let mut out = [0f32; 4];
+    for t in 0..4 {
+        out[t] = hsum(_mm256_add_ps(even[t], odd[t]));
+        if n % 2 == 1 {
+            out[t] += hsum(last[t]);
+        }
+    }
+    out
+}
+
 /// Each kernel twice: AVX2 (+FMA, F16C), and the same code with AVX-512 VNNI's
 /// `vpdpbusd` for the byte products (256-bit, AVX-512VL). Same bits (tested).
 macro_rules! variants {
@@ -391,4 +424,5 @@ variants! {
     q8_0_x4, q8_0_x4_vnni, q8_0_x4_k: (w: &[u8], a: [&Q8Row; 4]) -> [f32; 4];
     q4_0_x4, q4_0_x4_vnni, q4_0_x4_k: (w: &[u8], a: [&Q8Row; 4]) -> [f32; 4];
     q4_1_x4, q4_1_x4_vnni, q4_1_x4_k: (w: &[u8], a: [&Q8Row; 4]) -> [f32; 4];
+    iq4_nl_x4, iq4_nl_x4_vnni, iq4_nl_x4_k: (w: &[u8], a: [&Q8Row; 4]) -> [f32; 4];
 }

@@ -276,6 +276,10 @@ simd_x4!(
     /// Q4_1 against four activation rows.
     q4_1_x4, q4_1_x4_vnni, q4_1
 );
+simd_x4!(
+    /// IQ4_NL against four activation rows.
+    iq4_nl_x4, iq4_nl_x4_vnni, iq4_nl
+);
 
 /// The portable kernels, for testing the SIMD ones against.
 pub mod portable {

@@ -107,7 +107,7 @@ impl BlockKind {
             Self::Q4K => Kernel::Q8K(kblocks::q4_k),
             Self::Q5K => Kernel::Q8K(kblocks::q5_k),
             Self::Q6K => Kernel::Q8K(kblocks::q6_k),
-            Self::IQ4NL => Kernel::Q8(dot::iq4_nl, None),
+            Self::IQ4NL => Kernel::Q8(dot::iq4_nl, Some(dot::iq4_nl_x4)),
             Self::IQ4XS => Kernel::Q8K(kblocks::iq4_xs),
         }
     }
@@ -430,21 +430,24 @@ mod tests {
             assert_fast_matches_slow(&w, cols, &a, &cases);
         }
         // Four-row kernels: the same bits as four single-row calls.
-        let cols = 544;
-        let w = sample(1, cols);
-        let rows = activation_rows(cols, |t| t as f32 + 0.5);
         type Four = fn(&[u8], [&Q8Row; 4]) -> [f32; 4];
         type One = fn(&[u8], &Q8Row) -> f32;
-        let fours: [(&str, Four, One); 3] = [
+        let fours: [(&str, Four, One); 4] = [
             ("Q8_0", dot::q8_0_x4, dot::q8_0),
             ("Q4_0", dot::q4_0_x4, dot::q4_0),
             ("Q4_1", dot::q4_1_x4, dot::q4_1),
+            ("IQ4_NL", dot::iq4_nl_x4, dot::iq4_nl),
         ];
-        for (scheme, four, one) in fours {
-            let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
-            let got = four(&enc.data, [&rows[0], &rows[1], &rows[2], &rows[3]]);
-            let want: Vec<u32> = rows.iter().map(|a| one(&enc.data, a).to_bits()).collect();
-            assert_eq!(got.map(f32::to_bits).to_vec(), want, "{scheme}");
+        // An odd and an even number of blocks (IQ4_NL splits them).
+        for cols in [544, 576] {
+            let w = sample(1, cols);
+            let rows = activation_rows(cols, |t| t as f32 + 0.5);
+            for (scheme, four, one) in fours {
+                let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
+                let got = four(&enc.data, [&rows[0], &rows[1], &rows[2], &rows[3]]);
+                let want: Vec<u32> = rows.iter().map(|a| one(&enc.data, a).to_bits()).collect();
+                assert_eq!(got.map(f32::to_bits).to_vec(), want, "{scheme} at {cols}");
+            }
         }
         // K-quants: one and three super-blocks.
         for cols in [256, 768] {
@@ -496,10 +499,11 @@ mod tests {
                 assert_eq!(p.to_bits(), v.to_bits(), "{scheme}");
             }
         }
-        let fours: [(&str, Four, Four); 3] = [
+        let fours: [(&str, Four, Four); 4] = [
             ("Q8_0", avx2::q8_0_x4, avx2::q8_0_x4_vnni),
             ("Q4_0", avx2::q4_0_x4, avx2::q4_0_x4_vnni),
             ("Q4_1", avx2::q4_1_x4, avx2::q4_1_x4_vnni),
+            ("IQ4_NL", avx2::iq4_nl_x4, avx2::iq4_nl_x4_vnni),
         ];
         let four = [&rows[0], &rows[1], &rows[2], &rows[3]];
         for (scheme, plain, vnni) in fours {
