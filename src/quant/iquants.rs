@@ -50,9 +50,10 @@ fn nearest_levels(xb: &[f32], id: f32, q: &mut [f32; QK4_NL], codes: &mut [u8; Q
             hi += if ge { v[i + 1] - v[i] } else { 0.0 };
             below += u8::from(ge);
         }
-        let up = !(y - lo < hi - y);
+        // Not strictly nearer the lower end (NaN is settled by `top`).
+        let up = y - lo >= hi - y;
         // At or past the top level (or NaN, which bisects to the top).
-        let top = !(y < v[15]);
+        let top = y >= v[15] || y.is_nan();
         *q = if top {
             v[15]
         } else if up {
