@@ -773,7 +773,7 @@ pub struct QuantizeArgs {
     pub out: PathBuf,
     /// Scheme or llama-quantize mix: F32, F16, BF16, Q8_0, Q5_1, Q5_0, Q4_1, Q4_0, Q6_K,
     /// Q5_K_M (alias Q5_K), Q5_K_S, Q4_K_M (Q4_K), Q4_K_S, Q3_K_L, Q3_K_M (Q3_K), Q3_K_S,
-    /// Q2_K, Q2_K_S, int8_pc, int4_g{32,64,128}_{sym,asym}
+    /// Q2_K, Q2_K_S, IQ4_NL, IQ4_XS, int8_pc, int4_g{32,64,128}_{sym,asym}
     #[arg(long, value_name = "NAME", conflicts_with_all = ["fit", "bpw"])]
     pub scheme: Option<String>,
     /// Restrict every choice to the schemes this target runs

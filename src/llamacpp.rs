@@ -28,6 +28,8 @@ pub fn file_type(scheme_name: &str) -> u32 {
         "Q5_K_M" | "Q5_K" => 17,
         "Q6_K" => 18,
         "Q2_K_S" => 21,
+        "IQ4_NL" => 25,
+        "IQ4_XS" => 30,
         "BF16" => 32,
         _ => 7,
     }
@@ -37,7 +39,7 @@ pub fn file_type(scheme_name: &str) -> u32 {
 pub fn file_type_name(file_type: u32) -> Option<&'static str> {
     [
         "F32", "F16", "Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L",
-        "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q2_K_S", "BF16",
+        "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q2_K_S", "IQ4_NL", "IQ4_XS", "BF16",
     ]
     .into_iter()
     .find(|&name| self::file_type(name) == file_type)

@@ -8,6 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::activation::{Q8Row, QK};
+use crate::quant::iquants::{IQ4_NL_BYTES, KVALUES};
 
 /// `n` f16 values from `p` (n <= 4, read as one unaligned u64 / u32 / u16
 /// load), converted in-register (F16C): the `half` crate's conversion is an
@@ -200,6 +201,60 @@ unsafe fn q5_1_k<const V: bool>(w: &[u8], a: &Q8Row) -> f32 {
     hsum(dots) + lane1(mins)
 }
 
+/// 16 bytes of packed IQ4_NL indices to their 32 levels (low nibbles, then high).
+#[inline(always)]
+unsafe fn nl_levels(p: *const u8, levels: __m128i) -> __m256i {
+    let q = _mm_loadu_si128(p as *const __m128i);
+    let low = _mm_set1_epi8(0x0F);
+    _mm256_set_m128i(
+        _mm_shuffle_epi8(levels, _mm_and_si128(_mm_srli_epi16(q, 4), low)),
+        _mm_shuffle_epi8(levels, _mm_and_si128(q, low)),
+    )
+}
+
+/// Block `b` of IQ4_NL weights `p` against `a`, added to `acc`.
+#[inline(always)]
+unsafe fn iq4_nl_block<const V: bool>(
+    p: *const u8,
+    a: &Q8Row,
+    b: usize,
+    levels: __m128i,
+    acc: __m256,
+) -> __m256 {
+    let blk = p.add(b * IQ4_NL_BYTES);
+    let wq = nl_levels(blk.add(2), levels);
+    let scale = _mm_mul_ss(_mm_load_ss(a.d.as_ptr().add(b)), half1(blk));
+    _mm256_fmadd_ps(
+        _mm256_broadcastss_ps(scale),
+        mul_sum_i8_i8::<V>(wq, acts_at(a, b)),
+        acc,
+    )
+}
+
+/// # Safety
+/// As [`q8_0`], for 18-byte IQ4_NL blocks. Even and odd blocks in two
+/// accumulators and an odd last block added after, as llama.cpp's AVX2
+/// kernel does (so our sums round like its).
+#[inline(always)]
+unsafe fn iq4_nl_k<const V: bool>(w: &[u8], a: &Q8Row) -> f32 {
+    let n = w.len() / IQ4_NL_BYTES;
+    assert!(a.d.len() >= n && a.qs.len() >= n * QK);
+    let p = w.as_ptr();
+    let levels = _mm_loadu_si128(KVALUES.as_ptr() as *const __m128i);
+    let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut b = 0;
+    while b + 1 < n {
+        even = iq4_nl_block::<V>(p, a, b, levels, even);
+        odd = iq4_nl_block::<V>(p, a, b + 1, levels, odd);
+        b += 2;
+    }
+    let mut sum = hsum(_mm256_add_ps(even, odd));
+    if b < n {
+        sum += hsum(iq4_nl_block::<V>(p, a, b, levels, _mm256_setzero_ps()));
+    }
+    sum
+}
+
 /// Lane 1 of `v` (where the offset formats collect `m_w * s_a`).
 #[inline(always)]
 unsafe fn lane1(v: __m128) -> f32 {
@@ -307,6 +362,39 @@ unsafe fn q4_1_x4_k<const V: bool>(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
     ]
 }
 
+/// # Safety
+/// As [`iq4_nl`], for each of the four activation rows: even and odd
+/// blocks in their own accumulators and an odd last block after, as there.
+#[inline(always)]
+unsafe fn iq4_nl_x4_k<const V: bool>(w: &[u8], a: [&Q8Row; 4]) -> [f32; 4] {
+    let n = w.len() / IQ4_NL_BYTES;
+    check_rows(&a, n);
+    let levels = _mm_loadu_si128(KVALUES.as_ptr() as *const __m128i);
+    let mut even = [_mm256_setzero_ps(); 4];
+    let mut odd = [_mm256_setzero_ps(); 4];
+    let mut last = [_mm256_setzero_ps(); 4];
+    for b in 0..n {
+        let blk = w.as_ptr().add(b * IQ4_NL_BYTES);
+        let wq = nl_levels(blk.add(2), levels);
+        let acc = if b % 2 == 1 {
+            &mut odd
+        } else if b + 1 < n {
+            &mut even
+        } else {
+            &mut last
+        };
+        signed_tokens::<V>(acc, wq, half1(blk), &a, b);
+    }
+    let mut out = [0f32; 4];
+    for t in 0..4 {
+        out[t] = hsum(_mm256_add_ps(even[t], odd[t]));
+        if n % 2 == 1 {
+            out[t] += hsum(last[t]);
+        }
+    }
+    out
+}
+
 /// Each kernel twice: AVX2 (+FMA, F16C), and the same code with AVX-512 VNNI's
 /// `vpdpbusd` for the byte products (256-bit, AVX-512VL). Same bits (tested).
 macro_rules! variants {
@@ -332,7 +420,9 @@ variants! {
     q4_1, q4_1_vnni, q4_1_k: (w: &[u8], a: &Q8Row) -> f32;
     q5_0, q5_0_vnni, q5_0_k: (w: &[u8], a: &Q8Row) -> f32;
     q5_1, q5_1_vnni, q5_1_k: (w: &[u8], a: &Q8Row) -> f32;
+    iq4_nl, iq4_nl_vnni, iq4_nl_k: (w: &[u8], a: &Q8Row) -> f32;
     q8_0_x4, q8_0_x4_vnni, q8_0_x4_k: (w: &[u8], a: [&Q8Row; 4]) -> [f32; 4];
     q4_0_x4, q4_0_x4_vnni, q4_0_x4_k: (w: &[u8], a: [&Q8Row; 4]) -> [f32; 4];
     q4_1_x4, q4_1_x4_vnni, q4_1_x4_k: (w: &[u8], a: [&Q8Row; 4]) -> [f32; 4];
+    iq4_nl_x4, iq4_nl_x4_vnni, iq4_nl_x4_k: (w: &[u8], a: [&Q8Row; 4]) -> [f32; 4];
 }

@@ -9,6 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::kblocks::Q8KRow;
+use crate::quant::iquants::{xs_scale, IQ4_XS_BYTES, KVALUES};
 use crate::quant::kquants::{scale_min_k4, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K};
 
 #[inline(always)]
@@ -192,4 +193,42 @@ pub unsafe fn q6_k(w: &[u8], a: &Q8KRow) -> f32 {
         acc += *a.d.get_unchecked(b) * half(blk.add(208)) * total as f32;
     }
     acc
+}
+
+/// # Safety
+/// As [`q4_k`], for IQ4_XS blocks. As llama.cpp's AVX2 kernel: each
+/// super-block's eight i32 lanes, converted, times `d_w · d_a` into one
+/// f32 accumulator, summed across lanes at the end.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn iq4_xs(w: &[u8], a: &Q8KRow) -> f32 {
+    let n = w.len() / IQ4_XS_BYTES;
+    assert!(a.d.len() >= n && a.qs.len() >= n * QK_K);
+    let levels = _mm_loadu_si128(KVALUES.as_ptr() as *const __m128i);
+    let low = _mm_set1_epi8(0x0F);
+    let mut acc = _mm256_setzero_ps();
+    for b in 0..n {
+        let blk = w.as_ptr().add(b * IQ4_XS_BYTES);
+        let header = std::slice::from_raw_parts(blk, 8);
+        let qa = a.qs.as_ptr().add(b * QK_K);
+        let mut sumi = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let q = _mm_loadu_si128(blk.add(8 + 16 * ib) as *const __m128i);
+            let wq = _mm256_set_m128i(
+                _mm_shuffle_epi8(levels, _mm_and_si128(_mm_srli_epi16(q, 4), low)),
+                _mm_shuffle_epi8(levels, _mm_and_si128(q, low)),
+            );
+            let aq = load(qa.add(32 * ib) as *const u8);
+            // Signed × signed as |w| × (a with w's sign): pairs stay below
+            // i16 saturation (2 × 127 × 127).
+            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
+            let scale = _mm256_set1_epi16(xs_scale(header, ib) as i16);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pairs, scale));
+        }
+        let d = _mm256_set1_ps(half(blk) * *a.d.get_unchecked(b));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
 }

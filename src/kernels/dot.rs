@@ -10,6 +10,7 @@
 use half::f16;
 
 use super::activation::{Q8Row, QK};
+use crate::quant::iquants::{IQ4_NL_BYTES, KVALUES};
 
 #[inline(always)]
 fn half(b: &[u8], at: usize) -> f32 {
@@ -103,6 +104,27 @@ fn q5_1_body(w: &[u8], a: &Q8Row) -> f32 {
         mins += half(blk, 2) * a.s[b];
     }
     acc + mins
+}
+
+/// The 32 levels of an IQ4_NL block's codes (low nibbles first, then high).
+#[inline(always)]
+fn unpack_nl(qs: &[u8]) -> [i8; QK] {
+    let mut w = [0i8; QK];
+    for j in 0..16 {
+        w[j] = KVALUES[usize::from(qs[j] & 0x0F)];
+        w[j + 16] = KVALUES[usize::from(qs[j] >> 4)];
+    }
+    w
+}
+
+#[inline(always)]
+fn iq4_nl_body(w: &[u8], a: &Q8Row) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in w.chunks_exact(IQ4_NL_BYTES).enumerate() {
+        let wq = unpack_nl(&blk[2..18]);
+        acc += dot32(&wq, &a.qs[b * QK..(b + 1) * QK]) as f32 * (half(blk, 0) * a.d[b]);
+    }
+    acc
 }
 
 #[inline(always)]
@@ -254,6 +276,10 @@ simd_x4!(
     /// Q4_1 against four activation rows.
     q4_1_x4, q4_1_x4_vnni, q4_1
 );
+simd_x4!(
+    /// IQ4_NL against four activation rows.
+    iq4_nl_x4, iq4_nl_x4_vnni, iq4_nl
+);
 
 /// The portable kernels, for testing the SIMD ones against.
 pub mod portable {
@@ -274,6 +300,9 @@ pub mod portable {
     pub fn q5_1(w: &[u8], a: &Q8Row) -> f32 {
         q5_1_body(w, a)
     }
+    pub fn iq4_nl(w: &[u8], a: &Q8Row) -> f32 {
+        iq4_nl_body(w, a)
+    }
 }
 simd!(
     /// Q5_0 weights (22-byte blocks: f16 d, u32 fifth bits, 16 bytes; w = d(q-16)).
@@ -282,6 +311,11 @@ simd!(
 simd!(
     /// Q5_1 weights (24-byte blocks: f16 d, f16 m, u32 fifth bits, 16 bytes).
     q5_1, q5_1_vnni, q5_1_body
+);
+simd!(
+    /// IQ4_NL weights (18-byte blocks: f16 d, 16 bytes of indices into the
+    /// 16 non-linear levels; w = d · level).
+    iq4_nl, iq4_nl_vnni, iq4_nl_body
 );
 dispatch!(
     /// f32 weights against f32 activations.

@@ -9,6 +9,7 @@
 
 use half::f16;
 
+use crate::quant::iquants::{xs_scale, IQ4_XS_BYTES, KVALUES};
 use crate::quant::kquants::{scale_min_k4, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K};
 
 /// One activation row in 256-blocks.
@@ -146,6 +147,29 @@ pub mod portable {
         }
         acc
     }
+
+    /// IQ4_XS: f16 d, 6-bit sub-block scales (2 high bits in a u16, 4 low
+    /// in 4 bytes), 128 bytes of indices into the 16 non-linear levels.
+    pub fn iq4_xs(w: &[u8], a: &Q8KRow) -> f32 {
+        let mut acc = 0f32;
+        for (b, blk) in w.chunks_exact(IQ4_XS_BYTES).enumerate() {
+            let qa = &a.qs[b * QK_K..(b + 1) * QK_K];
+            let mut sumi = 0i32;
+            for ib in 0..8 {
+                let (qs, q8) = (&blk[8 + 16 * ib..24 + 16 * ib], &qa[32 * ib..32 * ib + 32]);
+                let s: i32 = (0..16)
+                    .map(|j| {
+                        let lo = i32::from(KVALUES[usize::from(qs[j] & 0xf)]);
+                        let hi = i32::from(KVALUES[usize::from(qs[j] >> 4)]);
+                        lo * i32::from(q8[j]) + hi * i32::from(q8[j + 16])
+                    })
+                    .sum();
+                sumi += xs_scale(blk, ib) * s;
+            }
+            acc += half(blk, 0) * a.d[b] * sumi as f32;
+        }
+        acc
+    }
 }
 
 /// Defines `pub fn $name`: the AVX2 kernel when the CPU has AVX2, FMA and
@@ -175,4 +199,8 @@ k_simd!(
 k_simd!(
     /// Q6_K weights against Q8_K activations.
     q6_k
+);
+k_simd!(
+    /// IQ4_XS weights against Q8_K activations.
+    iq4_xs
 );

@@ -2,7 +2,8 @@
 //! GGUF block format and activations are quantized to 8 bits on the fly, as
 //! llama.cpp does, so a token reads 4-8 bits per weight instead of 32 and
 //! our logits follow llama.cpp's arithmetic: 8-bit blocks of 32 (`Q8_0`/
-//! `Q8_1`) for the legacy formats, of 256 (`Q8_K`) for the K-quants. F16,
+//! `Q8_1`) for the legacy formats and IQ4_NL, of 256 (`Q8_K`) for the
+//! K-quants and IQ4_XS. F16,
 //! BF16 and anything else are decoded to f32 once at load.
 //!
 //! Encoders run many tokens through each layer at once: `dense` holds their
@@ -37,6 +38,8 @@ pub enum BlockKind {
     Q4K,
     Q5K,
     Q6K,
+    IQ4NL,
+    IQ4XS,
 }
 
 /// Tokens from which f32 weights multiply by GEMM rather than row dots.
@@ -65,6 +68,8 @@ impl BlockKind {
             GgmlType::Q4_K => Self::Q4K,
             GgmlType::Q5_K => Self::Q5K,
             GgmlType::Q6_K => Self::Q6K,
+            GgmlType::IQ4_NL => Self::IQ4NL,
+            GgmlType::IQ4_XS => Self::IQ4XS,
             _ => return None,
         })
     }
@@ -79,13 +84,15 @@ impl BlockKind {
             Self::Q4K => GgmlType::Q4_K,
             Self::Q5K => GgmlType::Q5_K,
             Self::Q6K => GgmlType::Q6_K,
+            Self::IQ4NL => GgmlType::IQ4_NL,
+            Self::IQ4XS => GgmlType::IQ4_XS,
         }
     }
 
     /// Weights per block.
     fn block_len(self) -> usize {
         match self {
-            Self::Q4K | Self::Q5K | Self::Q6K => quant::kquants::QK_K,
+            Self::Q4K | Self::Q5K | Self::Q6K | Self::IQ4XS => quant::kquants::QK_K,
             _ => QK,
         }
     }
@@ -100,6 +107,8 @@ impl BlockKind {
             Self::Q4K => Kernel::Q8K(kblocks::q4_k),
             Self::Q5K => Kernel::Q8K(kblocks::q5_k),
             Self::Q6K => Kernel::Q8K(kblocks::q6_k),
+            Self::IQ4NL => Kernel::Q8(dot::iq4_nl, Some(dot::iq4_nl_x4)),
+            Self::IQ4XS => Kernel::Q8K(kblocks::iq4_xs),
         }
     }
 }
@@ -410,31 +419,35 @@ mod tests {
             let x: Vec<f32> = sample(1, cols).iter().rev().map(|v| v * 2.0).collect();
             let mut a = Q8Row::default();
             a.quantize_from(&x);
-            let cases: [Case<Q8Row>; 5] = [
+            let cases: [Case<Q8Row>; 6] = [
                 ("Q8_0", dot::q8_0, dot::portable::q8_0),
                 ("Q4_0", dot::q4_0, dot::portable::q4_0),
                 ("Q4_1", dot::q4_1, dot::portable::q4_1),
                 ("Q5_0", dot::q5_0, dot::portable::q5_0),
                 ("Q5_1", dot::q5_1, dot::portable::q5_1),
+                ("IQ4_NL", dot::iq4_nl, dot::portable::iq4_nl),
             ];
             assert_fast_matches_slow(&w, cols, &a, &cases);
         }
         // Four-row kernels: the same bits as four single-row calls.
-        let cols = 544;
-        let w = sample(1, cols);
-        let rows = activation_rows(cols, |t| t as f32 + 0.5);
         type Four = fn(&[u8], [&Q8Row; 4]) -> [f32; 4];
         type One = fn(&[u8], &Q8Row) -> f32;
-        let fours: [(&str, Four, One); 3] = [
+        let fours: [(&str, Four, One); 4] = [
             ("Q8_0", dot::q8_0_x4, dot::q8_0),
             ("Q4_0", dot::q4_0_x4, dot::q4_0),
             ("Q4_1", dot::q4_1_x4, dot::q4_1),
+            ("IQ4_NL", dot::iq4_nl_x4, dot::iq4_nl),
         ];
-        for (scheme, four, one) in fours {
-            let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
-            let got = four(&enc.data, [&rows[0], &rows[1], &rows[2], &rows[3]]);
-            let want: Vec<u32> = rows.iter().map(|a| one(&enc.data, a).to_bits()).collect();
-            assert_eq!(got.map(f32::to_bits).to_vec(), want, "{scheme}");
+        // An odd and an even number of blocks (IQ4_NL splits them).
+        for cols in [544, 576] {
+            let w = sample(1, cols);
+            let rows = activation_rows(cols, |t| t as f32 + 0.5);
+            for (scheme, four, one) in fours {
+                let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
+                let got = four(&enc.data, [&rows[0], &rows[1], &rows[2], &rows[3]]);
+                let want: Vec<u32> = rows.iter().map(|a| one(&enc.data, a).to_bits()).collect();
+                assert_eq!(got.map(f32::to_bits).to_vec(), want, "{scheme} at {cols}");
+            }
         }
         // K-quants: one and three super-blocks.
         for cols in [256, 768] {
@@ -446,10 +459,11 @@ mod tests {
                 .collect();
             let mut a = Q8KRow::default();
             a.quantize_from(&x);
-            let cases: [Case<Q8KRow>; 3] = [
+            let cases: [Case<Q8KRow>; 4] = [
                 ("Q4_K", kblocks::q4_k, kblocks::portable::q4_k),
                 ("Q5_K", kblocks::q5_k, kblocks::portable::q5_k),
                 ("Q6_K", kblocks::q6_k, kblocks::portable::q6_k),
+                ("IQ4_XS", kblocks::iq4_xs, kblocks::portable::iq4_xs),
             ];
             assert_fast_matches_slow(&w, cols, &a, &cases);
         }
@@ -469,12 +483,13 @@ mod tests {
         let rows = activation_rows(cols, |t| t as f32 - 1.5);
         type One = unsafe fn(&[u8], &Q8Row) -> f32;
         type Four = unsafe fn(&[u8], [&Q8Row; 4]) -> [f32; 4];
-        let singles: [(&str, One, One); 5] = [
+        let singles: [(&str, One, One); 6] = [
             ("Q8_0", avx2::q8_0, avx2::q8_0_vnni),
             ("Q4_0", avx2::q4_0, avx2::q4_0_vnni),
             ("Q4_1", avx2::q4_1, avx2::q4_1_vnni),
             ("Q5_0", avx2::q5_0, avx2::q5_0_vnni),
             ("Q5_1", avx2::q5_1, avx2::q5_1_vnni),
+            ("IQ4_NL", avx2::iq4_nl, avx2::iq4_nl_vnni),
         ];
         for (scheme, plain, vnni) in singles {
             let enc = quant::quantize(scheme.parse().unwrap(), &w, cols).unwrap();
@@ -484,10 +499,11 @@ mod tests {
                 assert_eq!(p.to_bits(), v.to_bits(), "{scheme}");
             }
         }
-        let fours: [(&str, Four, Four); 3] = [
+        let fours: [(&str, Four, Four); 4] = [
             ("Q8_0", avx2::q8_0_x4, avx2::q8_0_x4_vnni),
             ("Q4_0", avx2::q4_0_x4, avx2::q4_0_x4_vnni),
             ("Q4_1", avx2::q4_1_x4, avx2::q4_1_x4_vnni),
+            ("IQ4_NL", avx2::iq4_nl_x4, avx2::iq4_nl_x4_vnni),
         ];
         let four = [&rows[0], &rows[1], &rows[2], &rows[3]];
         for (scheme, plain, vnni) in fours {
@@ -571,7 +587,7 @@ mod tests {
         let w = sample(rows, cols);
         let x: Vec<f32> = sample(n, cols).iter().map(|v| v * 3.0 + 0.1).collect();
         let schemes = [
-            "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K",
+            "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
         ];
         for scheme in schemes {
             let s: quant::Scheme = scheme.parse().unwrap();

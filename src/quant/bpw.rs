@@ -22,6 +22,10 @@ fn ladder(gguf: bool) -> Vec<Scheme> {
             Scheme::Q4K,
             Scheme::Q4_1,
             Scheme::Q4_0,
+            // After Q4_0, its size: the step to it is free where it is
+            // closer, as it usually is (the walk cannot skip a step).
+            Scheme::IQ4NL,
+            Scheme::IQ4XS,
             Scheme::Q3K,
             Scheme::Q2K,
         ]

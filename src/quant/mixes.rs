@@ -1,4 +1,4 @@
-//! llama.cpp's K-quant mixes: which block type each tensor gets under a
+//! llama.cpp's K-quant (and IQ4) mixes: which block type each tensor gets under a
 //! `llama-quantize` file type (its `llama_tensor_get_type`, for dense
 //! models: no experts, no Falcon, no 70B special case).
 //!
@@ -22,15 +22,22 @@ pub enum Mix {
     Q4KM,
     Q5KS,
     Q5KM,
+    /// `IQ4_NL`: IQ4_NL blocks, `attn_v` raised at high GQA and the first
+    /// eighth of `ffn_down` without an importance matrix.
+    IQ4NL,
+    /// `IQ4_XS`: as `IQ4_NL`, in IQ4_XS super-blocks where rows allow.
+    IQ4XS,
 }
 
 impl Mix {
     /// Every mix, largest first.
-    pub const ALL: [Mix; 9] = [
+    pub const ALL: [Mix; 11] = [
         Mix::Q5KM,
         Mix::Q5KS,
         Mix::Q4KM,
         Mix::Q4KS,
+        Mix::IQ4NL,
+        Mix::IQ4XS,
         Mix::Q3KL,
         Mix::Q3KM,
         Mix::Q3KS,
@@ -50,6 +57,8 @@ impl Mix {
             Mix::Q4KM => "Q4_K_M",
             Mix::Q5KS => "Q5_K_S",
             Mix::Q5KM => "Q5_K_M",
+            Mix::IQ4NL => "IQ4_NL",
+            Mix::IQ4XS => "IQ4_XS",
         }
     }
 
@@ -72,6 +81,8 @@ impl Mix {
             Mix::Q3KS | Mix::Q3KM | Mix::Q3KL => Scheme::Q3K,
             Mix::Q4KS | Mix::Q4KM => Scheme::Q4K,
             Mix::Q5KS | Mix::Q5KM => Scheme::Q5K,
+            Mix::IQ4NL => Scheme::IQ4NL,
+            Mix::IQ4XS => Scheme::IQ4XS,
         }
     }
 }
@@ -142,6 +153,9 @@ pub struct Site {
     /// The token embedding is also the output head (no separate head).
     pub tied: bool,
     pub row_len: u64,
+    /// Quantizing with an importance matrix (the IQ4 mixes then leave
+    /// `ffn_down` at their base).
+    pub has_imatrix: bool,
 }
 
 /// llama.cpp's choice of layers that get more bits: the first and last
@@ -201,6 +215,7 @@ pub fn raise(mix: Mix, site: &Site) -> Option<Scheme> {
             Mix::Q3KL => Some(Q5K),
             Mix::Q4KM | Mix::Q5KM if use_more_bits(i, n) => Some(Q6K),
             Mix::Q4KS if i < 4 => Some(Q5K),
+            Mix::IQ4NL | Mix::IQ4XS if site.gqa >= 4 => Some(Q5K),
             _ => None,
         },
         Category::FfnDown => match mix {
@@ -210,6 +225,7 @@ pub fn raise(mix: Mix, site: &Site) -> Option<Scheme> {
             Mix::Q3KL => Some(Q5K),
             Mix::Q4KM | Mix::Q5KM if use_more_bits(i, n) => Some(Q6K),
             Mix::Q4KS if i < n / 8 => Some(Q5K),
+            Mix::IQ4NL | Mix::IQ4XS if i < n / 8 && !site.has_imatrix => Some(Q5K),
             _ => None,
         },
         Category::AttentionOutput => match mix {
@@ -233,7 +249,30 @@ mod tests {
             gqa,
             tied: true,
             row_len: 576,
+            has_imatrix: false,
         }
+    }
+
+    #[test]
+    fn iq4_mixes_raise_attn_v_at_gqa_4_and_early_ffn_down_without_an_imatrix() {
+        for mix in [Mix::IQ4NL, Mix::IQ4XS] {
+            assert_eq!(
+                raise(mix, &site(Category::AttentionV, 5, 18, 4)),
+                Some(Scheme::Q5K)
+            );
+            assert_eq!(raise(mix, &site(Category::AttentionV, 5, 30, 3)), None);
+            let down = site(Category::FfnDown, 2, 30, 3);
+            assert_eq!(raise(mix, &down), Some(Scheme::Q5K));
+            let weighted = Site {
+                has_imatrix: true,
+                ..down
+            };
+            assert_eq!(raise(mix, &weighted), None);
+            assert_eq!(raise(mix, &site(Category::FfnDown, 3, 30, 3)), None);
+        }
+        // The head: Q8_0 where rows are not whole IQ4_XS super-blocks.
+        assert_eq!(head_type(Scheme::IQ4XS, 576), Scheme::Q8_0);
+        assert_eq!(head_type(Scheme::IQ4NL, 576), Scheme::Q6K);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod bpw;
 pub mod calibrate;
 pub mod float;
 pub mod grouped;
+pub mod iquants;
 pub mod kquants;
 pub mod legacy;
 pub mod metrics;
@@ -64,6 +65,8 @@ pub fn ggml_type(scheme: Scheme) -> Option<GgmlType> {
         Scheme::Q4K => GgmlType::Q4_K,
         Scheme::Q3K => GgmlType::Q3_K,
         Scheme::Q2K => GgmlType::Q2_K,
+        Scheme::IQ4NL => GgmlType::IQ4_NL,
+        Scheme::IQ4XS => GgmlType::IQ4_XS,
         Scheme::Int8PerChannel | Scheme::Int4Group { .. } => return None,
     })
 }
@@ -84,6 +87,8 @@ pub fn scheme_of(ty: GgmlType) -> Option<Scheme> {
         Scheme::Q4K,
         Scheme::Q3K,
         Scheme::Q2K,
+        Scheme::IQ4NL,
+        Scheme::IQ4XS,
     ]
     .into_iter()
     .find(|&s| ggml_type(s) == Some(ty))
@@ -348,6 +353,12 @@ fn encode_blocks_portable(scheme: Scheme, x: &[f32], out: &mut [u8]) {
         Scheme::Q6K => each!(kquants::Q6_K_BYTES, kquants::QK_K, |xb, o| kquants::q6_k(
             xb, o
         )),
+        Scheme::IQ4NL => each!(iquants::IQ4_NL_BYTES, iquants::QK4_NL, |xb, o| {
+            iquants::iq4_nl(xb, None, o)
+        }),
+        Scheme::IQ4XS => each!(iquants::IQ4_XS_BYTES, kquants::QK_K, |xb, o| {
+            iquants::iq4_xs(xb, None, o)
+        }),
         Scheme::F16 => float::encode_f16(x, out),
         Scheme::BF16 => float::encode_bf16(x, out),
         _ => each!(4, 1, |xb, o| o.copy_from_slice(&xb[0].to_le_bytes())),
@@ -437,6 +448,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Qua
         GgmlType::Q4_K => kquants::dq4_k,
         GgmlType::Q5_K => kquants::dq5_k,
         GgmlType::Q6_K => kquants::dq6_k,
+        GgmlType::IQ4_NL => iquants::dq_iq4_nl,
+        GgmlType::IQ4_XS => iquants::dq_iq4_xs,
         other => return Err(QuantError::Unsupported(format!("Decoding {other}"))),
     };
     let (be, bb) = (ty.block_elems() as usize, ty.block_bytes() as usize);
@@ -476,6 +489,8 @@ mod tests {
             Scheme::Q4K,
             Scheme::Q5K,
             Scheme::Q6K,
+            Scheme::IQ4NL,
+            Scheme::IQ4XS,
         ] {
             let ty = ggml_type(scheme).unwrap();
             let n = ty.bytes_for(x.len() as u64).unwrap() as usize;

@@ -8,8 +8,8 @@
 //! 3. else, unless `--pure`, the preset's rules: a K-quant mix's per-layer
 //!    raises ([`mixes`]), and for every quantized type the output head rule;
 //! 4. a row width that is not a whole number of blocks falls back to the
-//!    nearest format that fits (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, as
-//!    llama.cpp does; 32-blocks -> F16);
+//!    nearest format that fits (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0,
+//!    IQ4_XS -> IQ4_NL, as llama.cpp does; 32-blocks -> F16);
 //! 5. the target's allowed schemes replace any other choice by the nearest
 //!    allowed one that fits.
 //!
@@ -549,6 +549,7 @@ fn preset_choice(t: &Tensor, preset: Preset, n_layers: usize, c: &Constraints) -
         gqa: c.gqa.max(1),
         tied: c.tied_output,
         row_len: t.row_len(),
+        has_imatrix: c.has_imatrix,
     };
     let raised = match preset {
         Preset::Mix(mix) => mixes::raise(mix, &site),
@@ -632,6 +633,7 @@ fn row_fallback(wanted: Scheme, row_len: u64) -> Scheme {
         Scheme::Q4K => &[Scheme::Q5_0, Scheme::F16],
         Scheme::Q5K => &[Scheme::Q5_1, Scheme::F16],
         Scheme::Q6K => &[Scheme::Q8_0, Scheme::F16],
+        Scheme::IQ4XS => &[Scheme::IQ4NL, Scheme::F16],
         Scheme::Int4Group { .. } => &[Scheme::Int8PerChannel],
         _ => &[Scheme::F16],
     };

@@ -24,6 +24,10 @@ pub enum Scheme {
     Q4K,
     Q3K,
     Q2K,
+    /// llama.cpp's 4-bit non-linear levels, blocks of 32 (4.5 bits).
+    IQ4NL,
+    /// The same levels in 256-blocks with 6-bit sub-block scales (4.25 bits).
+    IQ4XS,
     /// int8, one f32 scale per output channel, symmetric.
     Int8PerChannel,
     /// 4-bit integers in groups of `group` input elements.
@@ -59,6 +63,8 @@ impl Scheme {
             Scheme::Q4_1,
             Scheme::Q4K,
             Scheme::Q4_0,
+            Scheme::IQ4NL,
+            Scheme::IQ4XS,
             Scheme::Q3K,
             Scheme::Q2K,
             Scheme::Int8PerChannel,
@@ -87,6 +93,8 @@ impl Scheme {
             Scheme::Q4K => "Q4_K".into(),
             Scheme::Q3K => "Q3_K".into(),
             Scheme::Q2K => "Q2_K".into(),
+            Scheme::IQ4NL => "IQ4_NL".into(),
+            Scheme::IQ4XS => "IQ4_XS".into(),
             Scheme::Int8PerChannel => "int8_pc".into(),
             Scheme::Int4Group { group, symmetric } => {
                 format!("int4_g{group}_{}", if symmetric { "sym" } else { "asym" })
@@ -147,6 +155,7 @@ mod tests {
             assert_eq!(scheme.name().parse::<Scheme>().unwrap(), scheme);
         }
         assert_eq!("q4_k".parse::<Scheme>().unwrap(), Scheme::Q4K);
+        assert_eq!("iq4_xs".parse::<Scheme>().unwrap(), Scheme::IQ4XS);
         assert!("Q4_K_M".parse::<Scheme>().is_err());
         assert!("int4_g48_sym".parse::<Scheme>().is_err());
     }

@@ -10,6 +10,7 @@
 //! fused multiply-add in its `ggml-base` library).
 
 use super::float::put_f16;
+use super::iquants;
 use super::kquants::{
     k_head_and_codes, make_qkx2_quants, make_qx_weighted, nearest_int, pack_q4_k, pack_q5_k,
     q6_k_finish, Search, GROUP_MAX_EPS, QK_K,
@@ -39,6 +40,8 @@ pub fn is_weighted(scheme: Scheme) -> bool {
             | Scheme::Q4K
             | Scheme::Q5K
             | Scheme::Q6K
+            | Scheme::IQ4NL
+            | Scheme::IQ4XS
     )
 }
 
@@ -53,6 +56,18 @@ pub fn encode_row(scheme: Scheme, x: &[f32], qw: &[f32], out: &mut [u8]) {
         Scheme::Q4K => per_block(x, qw, out, 144, |x, qw, o| q45_k(x, qw, o, 15)),
         Scheme::Q5K => per_block(x, qw, out, 176, |x, qw, o| q45_k(x, qw, o, 31)),
         Scheme::Q6K => per_block(x, qw, out, 210, q6_k),
+        Scheme::IQ4NL => {
+            for ((xb, wb), ob) in x
+                .chunks_exact(iquants::QK4_NL)
+                .zip(qw.chunks_exact(iquants::QK4_NL))
+                .zip(out.chunks_exact_mut(iquants::IQ4_NL_BYTES))
+            {
+                iquants::iq4_nl(xb, Some(wb), ob);
+            }
+        }
+        Scheme::IQ4XS => per_block(x, qw, out, iquants::IQ4_XS_BYTES, |x, qw, o| {
+            iquants::iq4_xs(x, Some(qw), o)
+        }),
         other => unreachable!("{} has no weighted quantizer", other.name()),
     }
 }

@@ -57,9 +57,10 @@ fn quantize_with_an_imatrix_writes_llama_quantizes_bytes() {
     let f32 = dir.path().join("smollm2.f32.gguf");
     f32_of(&smollm2_gguf(), &f32);
     // Every weighted kernel: Q4_0/Q5_0 (and their early ffn_down at
-    // Q4_1/Q5_1), Q4_1/Q5_1, Q2_K..Q6_K through the mixes.
+    // Q4_1/Q5_1), Q4_1/Q5_1, Q2_K..Q6_K through the mixes, IQ4_XS (and
+    // IQ4_NL where SmolLM2's 576-wide rows fall back to it).
     let types = [
-        "Q4_0", "Q5_0", "Q4_1", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K",
+        "Q4_0", "Q5_0", "Q4_1", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_XS",
     ];
     assert_bytes_equal_llama_quantize("smollm2", &f32, &types, dir.path());
     let f32 = dir.path().join("gemma3.f32.gguf");

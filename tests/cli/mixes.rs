@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::common::*;
 
@@ -78,6 +79,39 @@ fn smollm2_every_type_matches_llama_quantize_tensor_for_tensor() {
 #[test]
 fn gemma3_every_type_matches_llama_quantize_tensor_for_tensor() {
     check_against_llama_cpp("gemma3.json", &gemma3_gguf());
+}
+
+/// Without an importance matrix, the IQ4 files are llama-quantize's bytes
+/// (their sha256 recorded by the same script; the other types' encoders are
+/// checked against the `gguf` package's in `quant_kernels`).
+#[test]
+fn iq4_files_are_llama_quantizes_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let f32 = dir.path().join("smollm2.f32.gguf");
+    edgeforge()
+        .args(["-q", "quantize", "--scheme", "F32", "--allow-requant", "-o"])
+        .arg(&f32)
+        .arg(smollm2_gguf())
+        .assert()
+        .success();
+    let fixture: Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join("tests/fixtures/llamacpp-mixes/smollm2.json")).unwrap(),
+    )
+    .unwrap();
+    for ty in ["IQ4_NL", "IQ4_XS"] {
+        let out = dir.path().join(format!("{ty}.gguf"));
+        edgeforge()
+            .args(["-q", "quantize", "--scheme", ty, "-o"])
+            .arg(&out)
+            .arg(&f32)
+            .assert()
+            .success();
+        let got = hex::encode(Sha256::digest(std::fs::read(&out).unwrap()));
+        assert_eq!(
+            got, fixture["sha256"][ty],
+            "{ty}: not llama-quantize's bytes"
+        );
+    }
 }
 
 #[test]

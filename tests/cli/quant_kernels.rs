@@ -1,7 +1,7 @@
 //! Our quantization kernels against llama.cpp's reference code (the `gguf`
 //! package) on real MiniLM weights: bytes equal for the 32-block formats and
-//! F16/BF16; K-quants decoded identically by gguf-py and within 2% of
-//! llama.cpp's relative RMSE.
+//! F16/BF16; K-quants (and IQ4_NL/IQ4_XS) decoded identically by gguf-py,
+//! K-quants within 2% of llama.cpp's relative RMSE.
 
 use edgeforge::model::Model;
 use edgeforge::quant::metrics::ErrorStats;
@@ -54,6 +54,8 @@ fn block_formats_are_bit_exact_and_k_quants_decode_identically() {
             Scheme::Q4K,
             Scheme::Q5K,
             Scheme::Q6K,
+            Scheme::IQ4NL,
+            Scheme::IQ4XS,
         ] {
             if !quant::supports_row(scheme, row as u64) {
                 continue;
@@ -65,9 +67,17 @@ fn block_formats_are_bit_exact_and_k_quants_decode_identically() {
             quant::decode(scheme, &enc, row, &mut decoded).unwrap();
             let dec = format!("{ti}.{scheme}.dec");
             std::fs::write(dir.path().join(&dec), f32_bytes(&decoded)).unwrap();
+            // gguf-py only decodes these (their bytes are checked against
+            // llama-quantize's files in `mixes` and `imatrix`).
             let k = matches!(
                 scheme,
-                Scheme::Q2K | Scheme::Q3K | Scheme::Q4K | Scheme::Q5K | Scheme::Q6K
+                Scheme::Q2K
+                    | Scheme::Q3K
+                    | Scheme::Q4K
+                    | Scheme::Q5K
+                    | Scheme::Q6K
+                    | Scheme::IQ4NL
+                    | Scheme::IQ4XS
             );
             cases.push(json!({"name": name, "type": scheme.name(), "shape": shape, "input": input, "ours": ours,
                 "decoded": dec, "check": if k { "decode" } else { "exact" }}));

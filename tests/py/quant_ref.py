@@ -3,7 +3,7 @@ quantizers in the `gguf` package. Usage: quant_ref.py DIR (holds cases.json,
 and per case the f32 input, our encoded bytes and our decoded f32).
 
 - `exact` cases: gguf.quants.quantize(input) must equal our bytes.
-- `decode` cases (K-quants, which gguf-py only decodes): gguf.quants.dequantize
+- `decode` cases (K-quants and IQ4, which gguf-py only decodes): gguf.quants.dequantize
   (our bytes) must equal our own decoded floats bit for bit."""
 import json
 import os
