@@ -876,6 +876,27 @@ pub struct CalibrationArgs {
     /// int8 kernels can overflow on full-range weights
     #[arg(long)]
     pub reduce_range: bool,
+    /// ONNX: how int8 graphs code activations: uint8 with a zero point (the
+    /// default), or int8 symmetric with zero points of 0 (all TensorRT takes;
+    /// with --fit and --format auto the target's runtime decides)
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub activation_type: Option<ActivationTypeArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActivationTypeArg {
+    Uint8,
+    #[value(name = "int8-symmetric", alias = "int8")]
+    Int8Symmetric,
+}
+
+impl From<ActivationTypeArg> for crate::format::onnx::bert::ActivationType {
+    fn from(a: ActivationTypeArg) -> Self {
+        match a {
+            ActivationTypeArg::Uint8 => Self::Uint8,
+            ActivationTypeArg::Int8Symmetric => Self::Int8Symmetric,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

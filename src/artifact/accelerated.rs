@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::build::{BuildOptions, BuildSpec, Outcome};
 use super::graph::{GraphFormat, SIDE_FILES};
 use super::{package, verify, ArtifactError, PackageInput};
+use crate::format::onnx::bert::ActivationType;
 use crate::format::onnx::export::{self as onnx, OnnxScheme};
 use crate::format::tflite;
 use crate::model::Model;
@@ -32,6 +33,8 @@ pub struct GraphUnit {
     pub format: GraphFormat,
     /// Candidate schemes, cheapest first.
     pub schemes: Vec<&'static str>,
+    /// How an int8 graph codes its activations for this runtime.
+    pub activations: ActivationType,
 }
 
 /// What a target's accelerators get: a unit to build, or why not.
@@ -96,6 +99,11 @@ pub fn plans(target: &Target) -> Vec<Plan> {
             accelerator: accel.name.clone(),
             format,
             schemes,
+            activations: if runtime.symmetric_activations {
+                ActivationType::Int8Symmetric
+            } else {
+                ActivationType::Uint8
+            },
         }));
     }
     out
@@ -311,7 +319,8 @@ fn export(
             // The mixed-precision plan keeps the most sensitive ops in float
             // until the graph is within half the target's cosine budget.
             let min_cosine = 1.0 - job.target.spec.accuracy.max_cosine_drop / 2.0;
-            let key = format!("onnx {scheme} {min_cosine} {cal_sha}");
+            let acts = job.unit.activations;
+            let key = format!("onnx {scheme} {min_cosine} {} {cal_sha}", acts.name());
             job.exports.get_or(key, || {
                 let s = OnnxScheme::parse(scheme)?;
                 let cal = calibration.map(|file| onnx::Calibration {
@@ -320,6 +329,7 @@ fn export(
                     texts,
                     reduce_range: false,
                     min_cosine,
+                    activations: acts,
                 });
                 onnx::export(model, s, cal.as_ref())
                     .map(|e| e.bytes)

@@ -239,13 +239,7 @@ fn runtime_check(m: &Manifest, d: &Derived, target: &Target) -> Option<Check> {
         Some(r) if &r.format != format => {
             format!("runtime {name} loads {}, the payload is {format}", r.format)
         }
-        Some(r) => match d.graph_scheme {
-            Some(s) if !r.weight_schemes.iter().any(|w| w == s) => format!(
-                "runtime {name} runs {}, not the payload's {s}",
-                r.weight_schemes.join(", ")
-            ),
-            _ => return None,
-        },
+        Some(r) => super::graph::runtime_refuses(r, d.graph_scheme, &d.compatibility.requires)?,
     };
     Some(check("target.runtime", false, problem))
 }

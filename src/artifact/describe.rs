@@ -160,6 +160,15 @@ pub(super) fn graph(
     }
     crate::guard::path_component(&runtime.name, "runtime name")
         .map_err(|m| ArtifactError::at(&g.file, m))?;
+    // What verify would then fail is not shipped.
+    if let Some(problem) =
+        super::graph::runtime_refuses(runtime, Some(g.main_scheme()), &g.compatibility.requires)
+    {
+        return Err(ArtifactError::at(
+            &g.file,
+            format!("{problem} (on {})", target.name()),
+        ));
+    }
     let accuracy = g.accuracy(reference, &input.eval)?;
     let weight_bytes = g.quantization.weight_bytes;
     let projection = crate::profile::project::for_artifact(

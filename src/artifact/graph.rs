@@ -217,6 +217,33 @@ impl GraphPayload {
     }
 }
 
+/// `compatibility.requires` of an ONNX graph whose activations are
+/// quantized with zero points (uint8, or int8 off zero), which runtimes with
+/// `symmetric_activations` (TensorRT) cannot take.
+pub const ASYMMETRIC_QDQ: &str = "onnx q/dq activation zero points";
+
+/// Why runtime `r` cannot run a graph whose lowest-precision weights are
+/// `scheme` and which needs `requires`, if it cannot.
+pub fn runtime_refuses(
+    r: &crate::target::schema::Runtime,
+    scheme: Option<&str>,
+    requires: &[String],
+) -> Option<String> {
+    let name = &r.name;
+    match scheme {
+        Some(s) if !r.weight_schemes.iter().any(|w| w == s) => Some(format!(
+            "runtime {name} runs {}, not the payload's {s}",
+            r.weight_schemes.join(", ")
+        )),
+        _ if r.symmetric_activations && requires.iter().any(|q| q == ASYMMETRIC_QDQ) => {
+            Some(format!(
+                "runtime {name} takes Q/DQ with zero points of 0 only; the payload's activations have zero points (export them with --activation-type int8-symmetric)"
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// The lowest precision among a graph's weight types (counts by scheme name).
 pub fn main_scheme(types: &BTreeMap<String, u64>) -> &'static str {
     ["int8_pc", "int8_pt", "F16"]
@@ -308,9 +335,24 @@ fn onnx_weights(bytes: &[u8], file: &Path) -> Result<(Weights, Vec<String>), Art
         })
         .flat_map(|n| n.input.iter().skip(1).map(String::as_str))
         .collect();
+    // Activation zero points: the third input of each QuantizeLinear.
+    let act_zeros: BTreeSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("QuantizeLinear"))
+        .filter_map(|n| n.input.get(2).map(String::as_str))
+        .collect();
+    let mut asymmetric = false;
     let mut w = Weights::default();
     for t in &graph.initializer {
         let name = t.name.clone().unwrap_or_default();
+        if act_zeros.contains(name.as_str()) {
+            asymmetric |= t.data_type != Some(data_type::INT8)
+                || t.raw_data
+                    .as_ref()
+                    .is_some_and(|b| b.iter().any(|&z| z != 0))
+                || t.int32_data.iter().any(|&z| z != 0);
+        }
         let elems: u64 = t.dims.iter().map(|&d| d.max(0) as u64).product();
         let ty = t.data_type.unwrap_or(0);
         let size = match ty {
@@ -359,6 +401,9 @@ fn onnx_weights(bytes: &[u8], file: &Path) -> Result<(Weights, Vec<String>), Art
         format!("onnx ir {}", onnx.model.ir_version.unwrap_or(0)),
     ];
     requires.extend(ops.into_iter().map(|op| format!("onnx op {op}")));
+    if asymmetric {
+        requires.push(ASYMMETRIC_QDQ.into());
+    }
     Ok((w, requires))
 }
 

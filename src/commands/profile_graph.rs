@@ -101,26 +101,21 @@ pub fn profile_graph(
             .iter()
             .filter(|r| r.format == format.name())
             .collect();
-        let (takes, refuses): (Vec<&Runtime>, Vec<&Runtime>) = loaders.into_iter().partition(|r| {
-            r.weight_schemes
-                .iter()
-                .any(|s| s.eq_ignore_ascii_case(scheme))
-        });
+        let (takes, not_run): (Vec<&Runtime>, Vec<String>) =
+            loaders
+                .into_iter()
+                .fold((Vec::new(), Vec::new()), |(mut takes, mut not_run), r| {
+                    match payload::runtime_refuses(r, Some(scheme), &compatibility.requires) {
+                        Some(why) => not_run.push(why),
+                        None => takes.push(r),
+                    }
+                    (takes, not_run)
+                });
         let runtimes: Vec<Placement> = takes
             .iter()
             .map(|r| graph::place(&cost, t, r, scheme, ASSUMED))
             .collect();
-        let not_run: Vec<String> = refuses
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} does not take {scheme} weights (it runs {})",
-                    r.name,
-                    r.weight_schemes.join(", ")
-                )
-            })
-            .collect();
-        if takes.is_empty() && refuses.is_empty() {
+        if takes.is_empty() && not_run.is_empty() {
             if !args.targets.is_empty() {
                 bail!(
                     "{}: target {} has no runtime that loads {} (its runtimes load: {})",

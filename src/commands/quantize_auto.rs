@@ -17,6 +17,7 @@ use crate::artifact::graph::{GraphFormat, GraphPayload, SIDE_FILES};
 use crate::cli::{GlobalArgs, OutputFormatArg, QuantizeArgs};
 use crate::exit::ExitStatus;
 use crate::format::atomic::{write_atomic, Overwrite};
+use crate::format::onnx::bert::ActivationType;
 use crate::format::onnx::export::{self as onnx, OnnxScheme};
 use crate::format::tflite;
 use crate::model::Model;
@@ -138,6 +139,19 @@ fn write_graph(
             .join(s.file_name().expect("filtered on the name"));
         fs_err::copy(s, &to).context("Cannot quantize")?;
     }
+    let mut unit = unit.clone();
+    if let Some(asked) = args.calibration.activation_type {
+        let asked = ActivationType::from(asked);
+        if unit.activations == ActivationType::Int8Symmetric && asked != unit.activations {
+            bail!(
+                "--activation-type {}: {} on {} takes symmetric int8 activations only (zero points of 0)",
+                asked.name(),
+                unit.runtime,
+                t.name()
+            );
+        }
+        unit.activations = asked;
+    }
     let budget = t.spec.accuracy.max_cosine_drop;
     let texts: Vec<String> = DEFAULT_EVAL.iter().map(|s| s.to_string()).collect();
     let mut tried = Vec::new();
@@ -152,7 +166,7 @@ fn write_graph(
             });
             continue;
         }
-        let bytes = export(args, model, unit.format, scheme, budget)?;
+        let bytes = export(args, model, &unit, scheme, budget)?;
         let file = work.path().join(unit.format.file_name());
         fs_err::write(&file, &bytes).context("Cannot quantize")?;
         let cosine = GraphPayload::open(&file, unit.format)?
@@ -209,12 +223,12 @@ fn write_graph(
 fn export(
     args: &QuantizeArgs,
     model: &Model,
-    format: GraphFormat,
+    unit: &GraphUnit,
     scheme: &str,
     budget: f64,
 ) -> anyhow::Result<Vec<u8>> {
     let cal = &args.calibration;
-    Ok(match format {
+    Ok(match unit.format {
         GraphFormat::Onnx => {
             let s = OnnxScheme::parse(scheme).map_err(anyhow::Error::msg)?;
             let calibration = cal.calibration.as_ref().map(|file| onnx::Calibration {
@@ -223,6 +237,7 @@ fn export(
                 texts: cal.calibration_texts,
                 reduce_range: cal.reduce_range,
                 min_cosine: 1.0 - budget / 2.0,
+                activations: unit.activations,
             });
             onnx::export(
                 model,

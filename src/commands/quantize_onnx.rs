@@ -73,6 +73,7 @@ pub fn quantize_onnx(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result<E
         texts: cal.calibration_texts,
         reduce_range: cal.reduce_range,
         min_cosine: cal.min_cosine,
+        activations: cal.activation_type.map(Into::into).unwrap_or_default(),
     });
     anyhow::ensure!(
         cal.calibration_texts > 0,

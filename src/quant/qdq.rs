@@ -10,7 +10,9 @@ use serde::Serialize;
 
 use super::calibrate::{self, Method};
 use crate::engine::bert::TensorSource;
-use crate::format::onnx::bert::{self, ActQuant, BertGraph, BuildError, QdqPlan, Storage};
+use crate::format::onnx::bert::{
+    self, ActQuant, ActivationType, BertGraph, BuildError, QdqPlan, Storage,
+};
 use crate::format::onnx::eval::Session;
 use crate::format::onnx::OnnxError;
 use crate::model::BertConfig;
@@ -32,11 +34,23 @@ pub struct OpSensitivity {
     pub int8: bool,
 }
 
+/// What the planner is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Int8Options {
+    pub method: Method,
+    /// Mean cosine to the float graph the plan must keep on the probe texts.
+    pub min_cosine: f64,
+    /// Weights in [-63, 63] (see `QdqPlan::reduce_range`).
+    pub reduce_range: bool,
+    pub activations: ActivationType,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Int8Plan {
     #[serde(skip)]
     pub plan: QdqPlan,
     pub method: String,
+    pub activation_type: ActivationType,
     /// Most sensitive first.
     pub sensitivity: Vec<OpSensitivity>,
     pub float_ops: Vec<String>,
@@ -75,10 +89,14 @@ pub fn plan_int8(
     w: &TensorSource,
     calibration: &[Vec<u32>],
     probe: &[Vec<u32>],
-    method: Method,
-    min_cosine: f64,
-    reduce_range: bool,
+    opts: &Int8Options,
 ) -> Result<Int8Plan, QdqError> {
+    let Int8Options {
+        method,
+        min_cosine,
+        reduce_range,
+        activations: act_type,
+    } = *opts;
     let empty = BTreeMap::new();
     let float = bert::build(c, w, &Storage::F32, &empty)?;
     let float_session = session_of(&float)?;
@@ -99,7 +117,7 @@ pub fn plan_int8(
     let ranges = calibrate::ranges(&float_session, calibration, &tensors, method)?;
     let activations: BTreeMap<String, ActQuant> = ranges
         .iter()
-        .map(|(t, &(lo, hi))| (t.clone(), ActQuant::from_range(lo, hi)))
+        .map(|(t, &(lo, hi))| (t.clone(), ActQuant::from_range(lo, hi, act_type)))
         .collect();
     let reference = calibrate::embed_all(&float_session, probe)?;
     drop(float_session);
@@ -173,6 +191,7 @@ pub fn plan_int8(
     Ok(Int8Plan {
         plan,
         method: method.name(),
+        activation_type: act_type,
         float_ops: sensitivity
             .iter()
             .filter(|s| !s.int8)

@@ -80,6 +80,11 @@ pub struct Runtime {
     /// The runtime compiles for fixed input shapes only (QNN HTP, Edge TPU).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fixed_shapes: bool,
+    /// The runtime takes int8 Q/DQ with zero points of 0 only (TensorRT's
+    /// explicit quantization): int8 graphs for it get symmetric int8
+    /// activations.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub symmetric_activations: bool,
 }
 
 /// `runtimes[].partition`.

@@ -80,6 +80,15 @@ fn expressible(r: &super::schema::Runtime) -> Result<(), Problem> {
             _ => true,
         }
     };
+    if r.symmetric_activations && r.format != "onnx" {
+        return Err((
+            "runtimes.symmetric_activations".into(),
+            format!(
+                "runtime `{}` loads {}: symmetric_activations is about ONNX Q/DQ zero points",
+                r.name, r.format
+            ),
+        ));
+    }
     match r.weight_schemes.iter().find(|s| !holds(s)) {
         Some(s) => Err((
             "runtimes.weight_schemes".into(),

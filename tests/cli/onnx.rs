@@ -223,3 +223,87 @@ fn what_onnx_cannot_express_exits_2_and_writes_nothing() {
     assert!(err.contains("--force"), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep");
 }
+
+/// TensorRT takes int8 Q/DQ with zero points of 0 only: the Jetson's
+/// runtime gets symmetric int8 activations, and a graph with zero points is
+/// refused for it by package (and would fail verify and profile's placement).
+#[test]
+fn symmetric_int8_activations_are_what_tensorrt_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let eval = eval_json(dir.path());
+    let train = fortunes().join("train.txt");
+    let int8 = |out: &Path, texts: &str, extra: &[&str]| {
+        let mut args = vec!["--scheme", "int8_pc", "--calibration"];
+        let train = train.to_str().unwrap();
+        args.extend([train, "--calibration-texts", texts, "--reduce-range"]);
+        args.extend(extra);
+        export(&args, out, "2")
+    };
+    let sym = dir.path().join("sym/model.onnx");
+    let report = int8(&sym, "32", &["--activation-type", "int8-symmetric"]);
+    assert_eq!(report["calibration"]["activation_type"], "int8_symmetric");
+    let checked = check(&sym, &eval);
+    assert_eq!(
+        checked["activation_zero_points"],
+        serde_json::json!({"types": ["int8"], "nonzero": 0}),
+        "every activation QuantizeLinear symmetric int8"
+    );
+    assert_eq!(
+        checked["metadata"]["edgeforge.activation_type"],
+        "int8_symmetric"
+    );
+    assert_runtimes(&report, &checked, 0.995, 1e-3);
+
+    let uint8 = dir.path().join("u8/model.onnx");
+    int8(&uint8, "8", &[]);
+    let zero_points = check(&uint8, &eval)["activation_zero_points"].clone();
+    assert_eq!(zero_points["types"], serde_json::json!(["uint8"]));
+
+    let package = |graph: &Path, out: &Path| {
+        edgeforge()
+            .args(["--json", "package"])
+            .arg(graph.parent().unwrap())
+            .arg("--reference")
+            .arg(minilm())
+            .args(["--target", "jetson-orin-nano-8gb", "--runtime", "tensorrt"])
+            .args(["--name", "m", "--version", "1.0.0", "-o"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let shipped = dir.path().join("dist-sym");
+    let o = package(&sym, &shipped);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let artifact = shipped.join("m/1.0.0/jetson-orin-nano-8gb.tensorrt");
+    let v = json_success(edgeforge().args(["--json", "verify"]).arg(&artifact));
+    assert_eq!(v["passed"], true, "{v}");
+
+    let refused = dir.path().join("dist-u8");
+    let o = package(&uint8, &refused);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("tensorrt") && err.contains("zero points"),
+        "{err}"
+    );
+    assert!(!refused.exists(), "nothing written for a refused runtime");
+
+    // profile places the symmetric graph on TensorRT and says why not the other.
+    let profiled = |graph: &Path| {
+        json_success(
+            edgeforge()
+                .args(["--json", "profile"])
+                .arg(graph)
+                .args(["--target", "jetson-orin-nano-8gb"]),
+        )
+    };
+    let p = profiled(&uint8).to_string();
+    assert!(p.contains("zero points of 0 only"), "{p}");
+    let p = profiled(&sym).to_string();
+    assert!(!p.contains("zero points of 0 only"), "{p}");
+}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 
 
@@ -28,6 +29,18 @@ def feeds(ids):
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
 
 
+def activation_zero_points(model):
+    """The element types and the number of nonzero values of every QuantizeLinear's zero point."""
+    inits = {t.name: t for t in model.graph.initializer}
+    types, nonzero = set(), 0
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2:
+            z = onnx.numpy_helper.to_array(inits[n.input[2]])
+            types.add(str(z.dtype))
+            nonzero += int(np.count_nonzero(z))
+    return {"types": sorted(types), "nonzero": nonzero}
+
+
 def main():
     path, refs = sys.argv[1], json.load(open(sys.argv[2]))
     onnx.checker.check_model(path, full_check=True)
@@ -37,6 +50,7 @@ def main():
         "ops": sorted({n.op_type for n in model.graph.node}),
         "metadata": {p.key: p.value for p in model.metadata_props},
         "onnxruntime": ort.__version__,
+        "activation_zero_points": activation_zero_points(model),
     }
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

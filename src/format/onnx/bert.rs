@@ -12,7 +12,9 @@
 //! listed with the activations it reads; the ops the plan names get int8
 //! weights (symmetric, one scale per output channel, DequantizeLinear with
 //! `axis`) and a QuantizeLinear/DequantizeLinear pair on each activation
-//! input (uint8, per tensor), the form onnxruntime fuses into integer kernels.
+//! input (per tensor: uint8 with a zero point, or symmetric int8 for
+//! runtimes that take only that), the form onnxruntime fuses into integer
+//! kernels.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -23,29 +25,68 @@ use crate::engine::weights::Dense;
 use crate::engine::EngineError;
 use crate::model::BertConfig;
 
-/// Per-tensor activation quantization: uint8 codes, `x ≈ (q - zero) * scale`.
+/// How activations are coded between a QuantizeLinear and its DequantizeLinear.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationType {
+    /// uint8 with a zero point: the whole observed range, onnxruntime's default.
+    #[default]
+    Uint8,
+    /// int8, symmetric (zero point 0): TensorRT's explicit quantization
+    /// takes nothing else.
+    Int8Symmetric,
+}
+
+impl ActivationType {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Uint8 => "uint8",
+            Self::Int8Symmetric => "int8_symmetric",
+        }
+    }
+}
+
+/// Per-tensor activation quantization: `x ≈ (q - zero) * scale`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ActQuant {
     pub scale: f32,
+    /// 0..=255 for uint8; always 0 for symmetric int8.
     pub zero_point: u8,
+    pub ty: ActivationType,
 }
 
 impl ActQuant {
-    /// The uint8 parameters covering `[lo, hi]` (widened to include 0, so
-    /// zero, padding and ReLU-like floors are exact).
-    pub fn from_range(lo: f32, hi: f32) -> Self {
+    /// The parameters covering `[lo, hi]` (widened to include 0, so zero,
+    /// padding and ReLU-like floors are exact); symmetric int8 covers
+    /// `[-max|x|, max|x|]`.
+    pub fn from_range(lo: f32, hi: f32, ty: ActivationType) -> Self {
         let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-        if hi - lo <= f32::MIN_POSITIVE {
+        let span = match ty {
+            ActivationType::Uint8 => hi - lo,
+            ActivationType::Int8Symmetric => hi.max(-lo),
+        };
+        if span <= f32::MIN_POSITIVE {
             return Self {
                 scale: 1.0,
                 zero_point: 0,
+                ty,
             };
         }
-        let scale = (hi - lo) / 255.0;
-        let zero = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as u8;
-        Self {
-            scale,
-            zero_point: zero,
+        match ty {
+            ActivationType::Uint8 => {
+                let scale = span / 255.0;
+                let zero = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as u8;
+                Self {
+                    scale,
+                    zero_point: zero,
+                    ty,
+                }
+            }
+            ActivationType::Int8Symmetric => Self {
+                scale: span / 127.0,
+                zero_point: 0,
+                ty,
+            },
         }
     }
 }
@@ -161,7 +202,11 @@ impl Builder<'_> {
                     .get(x)
                     .ok_or_else(|| BuildError::Uncalibrated(x.into()))?;
                 let s = self.g.scalar(&format!("{x}.scale"), q.scale);
-                let z = self.g.u8(&format!("{x}.zero_point"), &[], &[q.zero_point]);
+                let zname = format!("{x}.zero_point");
+                let z = match q.ty {
+                    ActivationType::Uint8 => self.g.u8(&zname, &[], &[q.zero_point]),
+                    ActivationType::Int8Symmetric => self.g.i8(&zname, &[], &[0]),
+                };
                 let qx = self
                     .g
                     .op("QuantizeLinear", &[x, &s, &z], &format!("{x}.q"), vec![]);

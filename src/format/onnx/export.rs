@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::bert::{self, Storage};
+use super::bert::{self, ActivationType, Storage};
 use super::eval::Session;
 use super::reader::OnnxFile;
 use super::{OnnxError, OPSET};
@@ -16,7 +16,7 @@ use crate::engine::weights::Weights;
 use crate::engine::{Engine, EngineError, TextTokenizer};
 use crate::model::{Architecture, BertConfig, Model};
 use crate::quant::calibrate::{self, Method};
-use crate::quant::qdq::{self, Int8Plan, QdqError};
+use crate::quant::qdq::{self, Int8Options, Int8Plan, QdqError};
 
 /// Tokens per calibration text: longer lines are cut (as sentence encoders
 /// are usually fed), which bounds calibration time.
@@ -30,7 +30,8 @@ pub const PROBE_TEXTS: usize = 16;
 pub enum OnnxScheme {
     Fp32,
     Fp16,
-    /// Static int8 QDQ: int8 per-channel weights, calibrated uint8 activations.
+    /// Static int8 QDQ: int8 per-channel weights, calibrated per-tensor
+    /// activations (uint8, or symmetric int8: `Calibration::activations`).
     Int8Qdq,
 }
 
@@ -67,6 +68,7 @@ pub struct Calibration {
     pub reduce_range: bool,
     /// Mean cosine to the float graph the plan must keep on the probe texts.
     pub min_cosine: f64,
+    pub activations: ActivationType,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,15 +190,13 @@ pub fn export(
                 CALIBRATION_MAX_TOKENS.min(c.max_position_embeddings),
             )?;
             let probe = &seqs[..seqs.len().min(PROBE_TEXTS)];
-            let plan = qdq::plan_int8(
-                c,
-                &w,
-                &seqs,
-                probe,
-                cal.method,
-                cal.min_cosine,
-                cal.reduce_range,
-            )?;
+            let opts = Int8Options {
+                method: cal.method,
+                min_cosine: cal.min_cosine,
+                reduce_range: cal.reduce_range,
+                activations: cal.activations,
+            };
+            let plan = qdq::plan_int8(c, &w, &seqs, probe, &opts)?;
             let sha = hex::encode(Sha256::digest(lines.join("\n").as_bytes()));
             metadata.insert("edgeforge.calibration.sha256".into(), sha.clone());
             metadata.insert("edgeforge.calibration.method".into(), plan.method.clone());
@@ -211,6 +211,10 @@ pub fn export(
                 "[-127, 127]"
             };
             metadata.insert("edgeforge.weight_range".into(), range.into());
+            metadata.insert(
+                "edgeforge.activation_type".into(),
+                cal.activations.name().into(),
+            );
             let storage = Storage::Int8(plan.plan.clone());
             let info = CalibrationInfo {
                 file: cal.file.clone(),
