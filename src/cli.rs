@@ -881,6 +881,11 @@ pub struct CalibrationArgs {
     /// with --fit and --format auto the target's runtime decides)
     #[arg(long, value_enum, value_name = "TYPE")]
     pub activation_type: Option<ActivationTypeArg>,
+    /// ONNX: SmoothQuant before int8: move activation outliers into the
+    /// weights with per-channel divisors max|x|^A / max|w|^(1-A) (A in 0..=1;
+    /// 0.5 is the paper's choice)
+    #[arg(long, value_name = "A")]
+    pub smooth_alpha: Option<f32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -330,6 +330,7 @@ fn export(
                     reduce_range: false,
                     min_cosine,
                     activations: acts,
+                    smooth_alpha: None,
                 });
                 onnx::export(model, s, cal.as_ref())
                     .map(|e| e.bytes)

@@ -238,6 +238,7 @@ fn export(
                 reduce_range: cal.reduce_range,
                 min_cosine: 1.0 - budget / 2.0,
                 activations: unit.activations,
+                smooth_alpha: cal.smooth_alpha,
             });
             onnx::export(
                 model,

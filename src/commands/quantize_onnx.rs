@@ -74,7 +74,14 @@ pub fn quantize_onnx(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result<E
         reduce_range: cal.reduce_range,
         min_cosine: cal.min_cosine,
         activations: cal.activation_type.map(Into::into).unwrap_or_default(),
+        smooth_alpha: cal.smooth_alpha,
     });
+    if let Some(a) = cal.smooth_alpha {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&a),
+            "`--smooth-alpha` must be in [0, 1], got {a}"
+        );
+    }
     anyhow::ensure!(
         cal.calibration_texts > 0,
         "`--calibration-texts` must be at least 1"

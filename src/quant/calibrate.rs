@@ -98,6 +98,27 @@ fn observe_all<S: Clone + Send>(
     Ok(total)
 }
 
+/// Max |x| of each channel (last axis, `width` wide) of each tensor.
+pub fn channel_absmax(
+    session: &Session,
+    seqs: &[Vec<u32>],
+    tensors: &[(String, usize)],
+) -> Result<Vec<Vec<f32>>, OnnxError> {
+    let names: Vec<String> = tensors.iter().map(|(n, _)| n.clone()).collect();
+    observe_all(
+        session,
+        seqs,
+        &names,
+        |i| vec![0f32; tensors[i].1],
+        |_, m, x| {
+            for row in x.chunks(m.len()) {
+                m.iter_mut().zip(row).for_each(|(a, v)| *a = a.max(v.abs()));
+            }
+        },
+        |a, b| a.iter_mut().zip(b).for_each(|(x, y)| *x = x.max(y)),
+    )
+}
+
 /// The calibrated `[lo, hi]` of each tensor, by `method`.
 pub fn ranges(
     session: &Session,

@@ -43,6 +43,8 @@ pub struct Int8Options {
     /// Weights in [-63, 63] (see `QdqPlan::reduce_range`).
     pub reduce_range: bool,
     pub activations: ActivationType,
+    /// SmoothQuant's migration strength α (0..=1): `None` smooths nothing.
+    pub smooth_alpha: Option<f32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +53,8 @@ pub struct Int8Plan {
     pub plan: QdqPlan,
     pub method: String,
     pub activation_type: ActivationType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smooth_alpha: Option<f32>,
     /// Most sensitive first.
     pub sensitivity: Vec<OpSensitivity>,
     pub float_ops: Vec<String>,
@@ -82,6 +86,55 @@ fn session_of(g: &BertGraph) -> Result<Session, OnnxError> {
     Session::new(&g.model, std::path::Path::new("<graph being planned>"))
 }
 
+/// SmoothQuant's divisors (Xiao et al. 2023) for every activation a weighted
+/// op reads: `s_j = max|x_j|^α / max|w_j|^(1-α)` per input channel `j`, the
+/// weight maximum taken over every op reading the tensor (q, k and v share
+/// one), activation maxima over the calibration texts.
+fn smoothing(
+    c: &BertConfig,
+    w: &TensorSource,
+    calibration: &[Vec<u32>],
+    alpha: f32,
+) -> Result<BTreeMap<String, Vec<f32>>, QdqError> {
+    let float = bert::build(c, w, &Storage::F32, &BTreeMap::new())?;
+    let mut weight_max: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for op in float
+        .ops
+        .iter()
+        .filter(|o| o.weight && !o.weight_row_max.is_empty())
+    {
+        let m = weight_max
+            .entry(op.activations[0].clone())
+            .or_insert_with(|| vec![0.0; op.weight_row_max.len()]);
+        m.iter_mut()
+            .zip(&op.weight_row_max)
+            .for_each(|(a, &b)| *a = a.max(b));
+    }
+    let tensors: Vec<(String, usize)> = weight_max
+        .iter()
+        .map(|(t, m)| (t.clone(), m.len()))
+        .collect();
+    let session = session_of(&float)?;
+    let act_max = calibrate::channel_absmax(&session, calibration, &tensors)?;
+    Ok(weight_max
+        .into_iter()
+        .zip(act_max)
+        .map(|((t, wm), am)| {
+            let s = am
+                .iter()
+                .zip(&wm)
+                .map(|(&a, &w)| {
+                    if a <= 0.0 || w <= 0.0 {
+                        return 1.0;
+                    }
+                    (a.powf(alpha) / w.powf(1.0 - alpha)).clamp(1e-5, 1e5)
+                })
+                .collect();
+            (t, s)
+        })
+        .collect())
+}
+
 /// Plans static int8 for the encoder: `calibration` sets the ranges,
 /// `probe` (a few of the same texts) measures sensitivity and the budget.
 pub fn plan_int8(
@@ -96,9 +149,19 @@ pub fn plan_int8(
         min_cosine,
         reduce_range,
         activations: act_type,
+        smooth_alpha,
     } = *opts;
     let empty = BTreeMap::new();
-    let float = bert::build(c, w, &Storage::F32, &empty)?;
+    let smooth = match smooth_alpha {
+        Some(alpha) => smoothing(c, w, calibration, alpha)?,
+        None => BTreeMap::new(),
+    };
+    // The float graph, smoothed where asked (an int8 plan of no ops).
+    let float_plan = QdqPlan {
+        smooth: smooth.clone(),
+        ..QdqPlan::default()
+    };
+    let float = bert::build(c, w, &Storage::Int8(float_plan), &empty)?;
     let float_session = session_of(&float)?;
     let mut tensors: Vec<String> = Vec::new();
     for op in &float.ops {
@@ -129,6 +192,7 @@ pub fn plan_int8(
             ops: ops.iter().map(|s| s.to_string()).collect(),
             activations: activations.clone(),
             reduce_range,
+            smooth: smooth.clone(),
         };
         let g = bert::build(c, w, &Storage::Int8(plan), &empty)?;
         let s = session_of(&g)?;
@@ -187,11 +251,13 @@ pub fn plan_int8(
         // The builder writes parameters only for activations an int8 op reads.
         activations,
         reduce_range,
+        smooth,
     };
     Ok(Int8Plan {
         plan,
         method: method.name(),
         activation_type: act_type,
+        smooth_alpha,
         float_ops: sensitivity
             .iter()
             .filter(|s| !s.int8)

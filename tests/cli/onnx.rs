@@ -215,6 +215,9 @@ fn what_onnx_cannot_express_exits_2_and_writes_nothing() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--calibration"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    let (code, err) = run(&minilm(), &["--scheme", "int8_pc", "--smooth-alpha", "1.5"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--smooth-alpha"), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 
     std::fs::write(&out, b"keep").unwrap();
@@ -227,8 +230,9 @@ fn what_onnx_cannot_express_exits_2_and_writes_nothing() {
 /// TensorRT takes int8 Q/DQ with zero points of 0 only: the Jetson's
 /// runtime gets symmetric int8 activations, and a graph with zero points is
 /// refused for it by package (and would fail verify and profile's placement).
+/// SmoothQuant (`--smooth-alpha`) on the uint8 graph keeps fewer ops in float.
 #[test]
-fn symmetric_int8_activations_are_what_tensorrt_takes() {
+fn activation_codings_symmetric_for_tensorrt_and_smoothed() {
     let dir = tempfile::tempdir().unwrap();
     let eval = eval_json(dir.path());
     let train = fortunes().join("train.txt");
@@ -255,9 +259,25 @@ fn symmetric_int8_activations_are_what_tensorrt_takes() {
     assert_runtimes(&report, &checked, 0.995, 1e-3);
 
     let uint8 = dir.path().join("u8/model.onnx");
-    int8(&uint8, "8", &[]);
+    let plain = int8(&uint8, "32", &[]);
     let zero_points = check(&uint8, &eval)["activation_zero_points"].clone();
     assert_eq!(zero_points["types"], serde_json::json!(["uint8"]));
+
+    // SmoothQuant moves activation outliers into the weights: on the same
+    // text and budget, fewer ops have to stay in float.
+    let smoothed = dir.path().join("smooth/model.onnx");
+    let report = int8(&smoothed, "32", &["--smooth-alpha", "0.75"]);
+    let floats = |r: &Value| r["calibration"]["float_ops"].as_array().unwrap().len();
+    assert!(
+        floats(&report) < floats(&plain),
+        "smoothed {} float ops, plain {}",
+        floats(&report),
+        floats(&plain)
+    );
+    assert_eq!(report["calibration"]["smooth_alpha"], 0.75);
+    let checked = check(&smoothed, &eval);
+    assert_eq!(checked["metadata"]["edgeforge.smooth_alpha"], "0.75");
+    assert_runtimes(&report, &checked, 0.99, 1e-3);
 
     let package = |graph: &Path, out: &Path| {
         edgeforge()

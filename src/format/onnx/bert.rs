@@ -100,6 +100,12 @@ pub struct QdqPlan {
     /// uint8 x int8 products in saturating int16 pairs (onnxruntime's
     /// `reduce_range`), which full-range weights can overflow.
     pub reduce_range: bool,
+    /// SmoothQuant: activation tensor -> per-channel divisors `s`. Every
+    /// weighted op reading the tensor reads `x / s` (an explicit Mul) with
+    /// its weight rows multiplied by `s`, the same function with the
+    /// activation outliers moved into the weights, which per-channel weight
+    /// scales absorb.
+    pub smooth: BTreeMap<String, Vec<f32>>,
 }
 
 /// How weights are stored.
@@ -121,6 +127,9 @@ pub struct QuantOp {
     pub activations: Vec<String>,
     /// Whether it has a weight matrix (int8 when quantized).
     pub weight: bool,
+    /// Of a weighted op: max |w| over each input channel's weight row (as
+    /// stored in the model, before any smoothing), what SmoothQuant balances.
+    pub weight_row_max: Vec<f32>,
 }
 
 /// The graph and the quantizable ops in it.
@@ -149,6 +158,7 @@ pub fn build(
         storage,
         w,
         qdq: HashMap::new(),
+        smoothed: BTreeSet::new(),
         ops: Vec::new(),
     };
     b.encoder(c)?;
@@ -164,6 +174,8 @@ struct Builder<'a> {
     w: &'a TensorSource<'a>,
     /// Activation -> its dequantized twin, so readers of one tensor share one pair.
     qdq: HashMap<String, String>,
+    /// Smoothed twins already in the graph.
+    smoothed: BTreeSet<String>,
     ops: Vec<QuantOp>,
 }
 
@@ -187,6 +199,7 @@ impl Builder<'_> {
             name: op.into(),
             activations: acts.iter().map(|s| s.to_string()).collect(),
             weight,
+            weight_row_max: Vec::new(),
         });
         let Some(plan) = self.quantized(op) else {
             return Ok(acts.iter().map(|s| s.to_string()).collect());
@@ -279,9 +292,31 @@ impl Builder<'_> {
         out: usize,
         inp: usize,
     ) -> Result<String, BuildError> {
-        let xin = self.op_inputs(op, &[x], true)?.remove(0);
+        let smooth = match self.storage {
+            Storage::Int8(plan) => plan.smooth.get(x).cloned(),
+            _ => None,
+        };
+        let x = match &smooth {
+            Some(s) => self.smoothed(x, s),
+            None => x.to_string(),
+        };
+        let xin = self.op_inputs(op, &[&x], true)?.remove(0);
         let int8 = self.quantized(op).is_some();
-        let weight = transpose(&self.get(&format!("{tensor}.weight"), &[out, inp])?);
+        let mut weight = transpose(&self.get(&format!("{tensor}.weight"), &[out, inp])?);
+        let row_max = weight
+            .data
+            .chunks(out)
+            .map(|row| row.iter().fold(0f32, |m, v| m.max(v.abs())))
+            .collect();
+        self.ops
+            .last_mut()
+            .expect("registered above")
+            .weight_row_max = row_max;
+        if let Some(s) = &smooth {
+            for (row, &sj) in weight.data.chunks_mut(out).zip(s) {
+                row.iter_mut().for_each(|v| *v *= sj);
+            }
+        }
         let wt = self.matrix(&format!("{op}.weight"), &weight, 1, int8);
         let bias = self.get(&format!("{tensor}.bias"), &[out])?;
         let bias = self.float(&format!("{op}.bias"), &[out], &bias.data);
@@ -289,6 +324,17 @@ impl Builder<'_> {
             .g
             .op("MatMul", &[&xin, &wt], &format!("{op}.matmul"), vec![]);
         Ok(self.g.op("Add", &[&mm, &bias], op, vec![]))
+    }
+
+    /// `x / s` per channel (last axis), built once per tensor.
+    fn smoothed(&mut self, x: &str, s: &[f32]) -> String {
+        let out = format!("{x}.smoothed");
+        if self.smoothed.insert(out.clone()) {
+            let inv: Vec<f32> = s.iter().map(|&v| 1.0 / v).collect();
+            let inv = self.g.f32(&format!("{x}.smooth_inv"), &[inv.len()], &inv);
+            self.g.op("Mul", &[x, &inv], &out, vec![]);
+        }
+        out
     }
 
     fn layer_norm(

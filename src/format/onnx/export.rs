@@ -69,6 +69,8 @@ pub struct Calibration {
     /// Mean cosine to the float graph the plan must keep on the probe texts.
     pub min_cosine: f64,
     pub activations: ActivationType,
+    /// SmoothQuant's α, or `None` for no smoothing.
+    pub smooth_alpha: Option<f32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +197,7 @@ pub fn export(
                 min_cosine: cal.min_cosine,
                 reduce_range: cal.reduce_range,
                 activations: cal.activations,
+                smooth_alpha: cal.smooth_alpha,
             };
             let plan = qdq::plan_int8(c, &w, &seqs, probe, &opts)?;
             let sha = hex::encode(Sha256::digest(lines.join("\n").as_bytes()));
@@ -215,6 +218,9 @@ pub fn export(
                 "edgeforge.activation_type".into(),
                 cal.activations.name().into(),
             );
+            if let Some(alpha) = cal.smooth_alpha {
+                metadata.insert("edgeforge.smooth_alpha".into(), alpha.to_string());
+            }
             let storage = Storage::Int8(plan.plan.clone());
             let info = CalibrationInfo {
                 file: cal.file.clone(),
