@@ -17,6 +17,7 @@ use crate::format::onnx::bert::ActivationType;
 use crate::format::onnx::export::{self as onnx, OnnxScheme};
 use crate::format::tflite;
 use crate::model::Model;
+use crate::quant::qdq::Int8Options;
 use crate::target::Target;
 
 /// Schemes edgeforge writes as graphs, cheapest first, in target-profile names.
@@ -325,12 +326,14 @@ fn export(
                 let s = OnnxScheme::parse(scheme)?;
                 let cal = calibration.map(|file| onnx::Calibration {
                     file: file.to_path_buf(),
-                    method: crate::quant::calibrate::Method::Percentile(99.99),
                     texts,
-                    reduce_range: false,
-                    min_cosine,
-                    activations: acts,
-                    smooth_alpha: None,
+                    int8: Int8Options {
+                        method: crate::quant::calibrate::Method::Percentile(99.99),
+                        reduce_range: false,
+                        min_cosine,
+                        activations: acts,
+                        smooth_alpha: None,
+                    },
                 });
                 onnx::export(model, s, cal.as_ref())
                     .map(|e| e.bytes)

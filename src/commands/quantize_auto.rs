@@ -22,6 +22,7 @@ use crate::format::onnx::export::{self as onnx, OnnxScheme};
 use crate::format::tflite;
 use crate::model::Model;
 use crate::printer::{sanitize, Printer};
+use crate::quant::qdq::Int8Options;
 use crate::target::{self, Target};
 use crate::units::human_bytes;
 
@@ -233,12 +234,14 @@ fn export(
             let s = OnnxScheme::parse(scheme).map_err(anyhow::Error::msg)?;
             let calibration = cal.calibration.as_ref().map(|file| onnx::Calibration {
                 file: file.clone(),
-                method: crate::quant::calibrate::Method::Percentile(cal.percentile),
                 texts: cal.calibration_texts,
-                reduce_range: cal.reduce_range,
-                min_cosine: 1.0 - budget / 2.0,
-                activations: unit.activations,
-                smooth_alpha: cal.smooth_alpha,
+                int8: Int8Options {
+                    method: crate::quant::calibrate::Method::Percentile(cal.percentile),
+                    reduce_range: cal.reduce_range,
+                    min_cosine: 1.0 - budget / 2.0,
+                    activations: unit.activations,
+                    smooth_alpha: cal.smooth_alpha,
+                },
             });
             onnx::export(
                 model,

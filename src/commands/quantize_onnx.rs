@@ -20,6 +20,7 @@ use crate::format::onnx::OPSET;
 use crate::model::Model;
 use crate::printer::Printer;
 use crate::quant::calibrate::Method;
+use crate::quant::qdq::Int8Options;
 use crate::units::human_bytes;
 
 #[derive(Serialize)]
@@ -65,16 +66,18 @@ pub fn quantize_onnx(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result<E
     let cal = &args.calibration;
     let calibration = cal.calibration.as_ref().map(|file| Calibration {
         file: file.clone(),
-        method: match cal.calibration_method {
-            Some(CalibrationMethodArg::Minmax) => Method::MinMax,
-            None | Some(CalibrationMethodArg::Percentile) => Method::Percentile(cal.percentile),
-            Some(CalibrationMethodArg::Entropy) => Method::Entropy,
-        },
         texts: cal.calibration_texts,
-        reduce_range: cal.reduce_range,
-        min_cosine: cal.min_cosine,
-        activations: cal.activation_type.map(Into::into).unwrap_or_default(),
-        smooth_alpha: cal.smooth_alpha,
+        int8: Int8Options {
+            method: match cal.calibration_method {
+                Some(CalibrationMethodArg::Minmax) => Method::MinMax,
+                None | Some(CalibrationMethodArg::Percentile) => Method::Percentile(cal.percentile),
+                Some(CalibrationMethodArg::Entropy) => Method::Entropy,
+            },
+            reduce_range: cal.reduce_range,
+            min_cosine: cal.min_cosine,
+            activations: cal.activation_type.map(Into::into).unwrap_or_default(),
+            smooth_alpha: cal.smooth_alpha,
+        },
     });
     if let Some(a) = cal.smooth_alpha {
         anyhow::ensure!(

@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::bert::{self, ActivationType, Storage};
+use super::bert::{self, Storage};
 use super::eval::Session;
 use super::reader::OnnxFile;
 use super::{OnnxError, OPSET};
 use crate::engine::weights::Weights;
 use crate::engine::{Engine, EngineError, TextTokenizer};
 use crate::model::{Architecture, BertConfig, Model};
-use crate::quant::calibrate::{self, Method};
+use crate::quant::calibrate;
 use crate::quant::qdq::{self, Int8Options, Int8Plan, QdqError};
 
 /// Tokens per calibration text: longer lines are cut (as sentence encoders
@@ -61,16 +61,10 @@ impl OnnxScheme {
 #[derive(Debug, Clone)]
 pub struct Calibration {
     pub file: PathBuf,
-    pub method: Method,
     /// Texts used: the first non-empty lines of the file.
     pub texts: usize,
-    /// Weights in [-63, 63] (see `QdqPlan::reduce_range`).
-    pub reduce_range: bool,
-    /// Mean cosine to the float graph the plan must keep on the probe texts.
-    pub min_cosine: f64,
-    pub activations: ActivationType,
-    /// SmoothQuant's α, or `None` for no smoothing.
-    pub smooth_alpha: Option<f32>,
+    /// What the planner is asked for.
+    pub int8: Int8Options,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,14 +186,8 @@ pub fn export(
                 CALIBRATION_MAX_TOKENS.min(c.max_position_embeddings),
             )?;
             let probe = &seqs[..seqs.len().min(PROBE_TEXTS)];
-            let opts = Int8Options {
-                method: cal.method,
-                min_cosine: cal.min_cosine,
-                reduce_range: cal.reduce_range,
-                activations: cal.activations,
-                smooth_alpha: cal.smooth_alpha,
-            };
-            let plan = qdq::plan_int8(c, &w, &seqs, probe, &opts)?;
+            let opts = &cal.int8;
+            let plan = qdq::plan_int8(c, &w, &seqs, probe, opts)?;
             let sha = hex::encode(Sha256::digest(lines.join("\n").as_bytes()));
             metadata.insert("edgeforge.calibration.sha256".into(), sha.clone());
             metadata.insert("edgeforge.calibration.method".into(), plan.method.clone());
@@ -208,7 +196,7 @@ pub fn export(
                 lines.len().to_string(),
             );
             metadata.insert("edgeforge.float_ops".into(), plan.float_ops.join(","));
-            let range = if cal.reduce_range {
+            let range = if opts.reduce_range {
                 "[-63, 63]"
             } else {
                 "[-127, 127]"
@@ -216,9 +204,9 @@ pub fn export(
             metadata.insert("edgeforge.weight_range".into(), range.into());
             metadata.insert(
                 "edgeforge.activation_type".into(),
-                cal.activations.name().into(),
+                opts.activations.name().into(),
             );
-            if let Some(alpha) = cal.smooth_alpha {
+            if let Some(alpha) = opts.smooth_alpha {
                 metadata.insert("edgeforge.smooth_alpha".into(), alpha.to_string());
             }
             let storage = Storage::Int8(plan.plan.clone());
