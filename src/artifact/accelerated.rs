@@ -15,13 +15,18 @@ use super::graph::{GraphFormat, SIDE_FILES};
 use super::{package, verify, ArtifactError, PackageInput};
 use crate::format::onnx::bert::ActivationType;
 use crate::format::onnx::export::{self as onnx, OnnxScheme};
+use crate::format::onnx::genai;
 use crate::format::tflite;
 use crate::model::Model;
 use crate::quant::qdq::Int8Options;
 use crate::target::Target;
 
-/// Schemes edgeforge writes as graphs, cheapest first, in target-profile names.
+/// Schemes edgeforge writes as encoder graphs, cheapest first, in
+/// target-profile names.
 const SCHEMES: [&str; 3] = ["int8_pc", "F16", "F32"];
+/// Schemes edgeforge writes as decoder graphs (onnxruntime-genai folders),
+/// cheapest first: fewer scales per weight first.
+const DECODER_SCHEMES: [&str; 3] = ["int4_g128_sym", "int4_g64_sym", "int4_g32_sym"];
 
 /// Calibration text file name inside an artifact (the lines int8 used).
 pub const CALIBRATION: &str = "calibration.txt";
@@ -32,8 +37,10 @@ pub struct GraphUnit {
     pub runtime: String,
     pub accelerator: String,
     pub format: GraphFormat,
-    /// Candidate schemes, cheapest first.
+    /// Candidate schemes for an encoder, cheapest first.
     pub schemes: Vec<&'static str>,
+    /// Candidate schemes for a decoder, cheapest first.
+    pub decoder_schemes: Vec<&'static str>,
     /// How an int8 graph codes its activations for this runtime.
     pub activations: ActivationType,
 }
@@ -80,17 +87,24 @@ pub fn plans(target: &Target) -> Vec<Plan> {
             });
             continue;
         };
-        let schemes: Vec<&'static str> = SCHEMES
-            .into_iter()
-            .filter(|s| runtime.weight_schemes.iter().any(|w| w == s))
-            .filter(|s| accel.weight_schemes.iter().any(|w| w == s))
-            .collect();
-        if schemes.is_empty() {
+        let both_run = |candidates: &[&'static str]| -> Vec<&'static str> {
+            candidates
+                .iter()
+                .copied()
+                .filter(|s| runtime.weight_schemes.iter().any(|w| w == s))
+                .filter(|s| accel.weight_schemes.iter().any(|w| w == s))
+                .collect()
+        };
+        let (schemes, decoder_schemes) = (both_run(&SCHEMES), both_run(&DECODER_SCHEMES));
+        if schemes.is_empty() && decoder_schemes.is_empty() {
             out.push(Plan::Unsupported {
                 runtime: name.into(),
                 reason: format!(
-                    "{} on the {} runs none of the graph schemes edgeforge writes (int8_pc, F16, F32)",
-                    name, accel.name
+                    "{} on the {} runs none of the graph schemes edgeforge writes ({}, {})",
+                    name,
+                    accel.name,
+                    SCHEMES.join(", "),
+                    DECODER_SCHEMES.join(", ")
                 ),
             });
             continue;
@@ -100,6 +114,7 @@ pub fn plans(target: &Target) -> Vec<Plan> {
             accelerator: accel.name.clone(),
             format,
             schemes,
+            decoder_schemes,
             activations: if runtime.symmetric_activations {
                 ActivationType::Int8Symmetric
             } else {
@@ -141,26 +156,30 @@ pub fn calibration_text(recipe: &Path, spec: &BuildSpec) -> Result<Option<String
     Ok(Some(lines.join("\n") + "\n"))
 }
 
+/// A graph's files by name (the graph alone for an encoder; the whole
+/// onnxruntime-genai folder for a decoder).
+type Files = Arc<Vec<(String, Vec<u8>)>>;
+
 /// Exported graphs of one build, by format, scheme and settings: targets
 /// with the same runtime needs share one export.
 #[derive(Default)]
-pub struct Exports(Mutex<HashMap<String, Arc<Vec<u8>>>>);
+pub struct Exports(Mutex<HashMap<String, Files>>);
 
 impl Exports {
     fn get_or(
         &self,
         key: String,
-        make: impl FnOnce() -> Result<Vec<u8>, String>,
-    ) -> Result<Arc<Vec<u8>>, String> {
+        make: impl FnOnce() -> Result<Vec<(String, Vec<u8>)>, String>,
+    ) -> Result<Files, String> {
         if let Some(b) = self.0.lock().expect("no panics while holding").get(&key) {
             return Ok(b.clone());
         }
-        let bytes = Arc::new(make()?);
+        let files = Arc::new(make()?);
         self.0
             .lock()
             .expect("no panics while holding")
-            .insert(key, bytes.clone());
-        Ok(bytes)
+            .insert(key, files.clone());
+        Ok(files)
     }
 }
 
@@ -189,17 +208,15 @@ pub fn build_graph(job: &GraphJob, bar: &indicatif::ProgressBar) -> Result<Outco
         detail,
     };
     let model = Model::open(job.source)?;
-    if onnx::bert_config(&model).is_err() {
-        return Ok(outcome(
-            "unsupported",
-            format!(
-                "{}: edgeforge writes {} for BERT-style encoders only; this model is `{}`",
-                unit.runtime,
-                unit.format.name(),
-                model.architecture.name()
-            ),
-        ));
+    let decoder = model.architecture.is_decoder();
+    if let Some(reason) = unsupported(&model, unit) {
+        return Ok(outcome("unsupported", reason));
     }
+    let schemes = if decoder {
+        &unit.decoder_schemes
+    } else {
+        &unit.schemes
+    };
     let work = job
         .options
         .dist
@@ -209,15 +226,19 @@ pub fn build_graph(job: &GraphJob, bar: &indicatif::ProgressBar) -> Result<Outco
     let _ = fs_err::remove_dir_all(&work);
     fs_err::create_dir_all(&work).map_err(|e| ArtifactError::at(&work, e.to_string()))?;
     let _cleanup = super::build::RemoveOnDrop(&work);
-    for side in model.files.iter().filter(|f| {
-        f.file_name()
-            .is_some_and(|n| SIDE_FILES.contains(&n.to_string_lossy().as_ref()))
-    }) {
+    // A decoder's export writes its own config and tokenizer files.
+    let sides = model.files.iter().filter(|f| {
+        !decoder
+            && f.file_name()
+                .is_some_and(|n| SIDE_FILES.contains(&n.to_string_lossy().as_ref()))
+    });
+    for side in sides {
         let to = work.join(side.file_name().expect("filtered on the name"));
         fs_err::copy(side, &to).map_err(|e| ArtifactError::at(&to, e.to_string()))?;
     }
-    // Recorded whichever scheme wins: it is an input of the build.
-    let calibration = match job.calibration {
+    // Recorded whichever scheme wins: it is an input of the build (int8
+    // encoder graphs only read it).
+    let calibration = match job.calibration.filter(|_| !decoder) {
         Some(text) => {
             let path = work.join(CALIBRATION);
             fs_err::write(&path, text).map_err(|e| ArtifactError::at(&path, e.to_string()))?;
@@ -226,8 +247,8 @@ pub fn build_graph(job: &GraphJob, bar: &indicatif::ProgressBar) -> Result<Outco
         None => None,
     };
     let mut missed = Vec::new();
-    for (i, &scheme) in unit.schemes.iter().enumerate() {
-        let last = i + 1 == unit.schemes.len();
+    for (i, &scheme) in schemes.iter().enumerate() {
+        let last = i + 1 == schemes.len();
         let calibration = match (scheme, &calibration) {
             ("int8_pc", None) => {
                 missed.push("int8_pc needs `calibration` in the recipe".to_string());
@@ -240,11 +261,12 @@ pub fn build_graph(job: &GraphJob, bar: &indicatif::ProgressBar) -> Result<Outco
             _ => None,
         };
         bar.set_message(format!("{} {scheme}", unit.format.name()));
-        let bytes = export(job, &model, scheme, calibration)
+        let files = export(job, &model, scheme, calibration)
             .map_err(|m| ArtifactError::at(job.source, m))?;
-        let file = work.join(unit.format.file_name());
-        fs_err::write(&file, bytes.as_slice())
-            .map_err(|e| ArtifactError::at(&file, e.to_string()))?;
+        for (name, bytes) in files.iter() {
+            let file = work.join(name);
+            fs_err::write(&file, bytes).map_err(|e| ArtifactError::at(&file, e.to_string()))?;
+        }
         bar.set_message("packaging");
         let packaged = package(&PackageInput {
             distill_recipe: job.distill_recipe,
@@ -263,10 +285,7 @@ pub fn build_graph(job: &GraphJob, bar: &indicatif::ProgressBar) -> Result<Outco
         let acc = packaged.manifest.metrics.accuracy.as_ref();
         let within = acc.is_some_and(|a| a.gates(&target.spec.accuracy).iter().all(|g| g.passed));
         if !within && !last {
-            missed.push(format!(
-                "{scheme} cosine {:.4} misses the budget",
-                acc.and_then(|a| a.cosine_mean).unwrap_or(0.0)
-            ));
+            missed.push(format!("{scheme} {} misses the budget", figures(acc)));
             continue;
         }
         bar.set_message("verifying");
@@ -281,11 +300,11 @@ pub fn build_graph(job: &GraphJob, bar: &indicatif::ProgressBar) -> Result<Outco
             outcome(
                 "built",
                 format!(
-                    "{} {scheme} for the {} ({}, cosine {:.4}), artifact {}{tried}",
+                    "{} {scheme} for the {} ({}, {}), artifact {}{tried}",
                     unit.format.name(),
                     unit.accelerator,
                     crate::units::human_bytes(packaged.manifest.metrics.size_bytes),
-                    acc.and_then(|a| a.cosine_mean).unwrap_or(0.0),
+                    figures(acc),
                     packaged.id
                 ),
             )
@@ -300,21 +319,84 @@ pub fn build_graph(job: &GraphJob, bar: &indicatif::ProgressBar) -> Result<Outco
             )
         });
     }
-    unreachable!("plans have at least one scheme")
+    unreachable!("unsupported() returned None, so there is a scheme")
 }
 
-/// The graph bytes for `scheme`, shared with any target that needs the same.
+/// Why `unit` cannot be built for `model`, if it cannot.
+fn unsupported(model: &Model, unit: &GraphUnit) -> Option<String> {
+    let kind = model.architecture.name();
+    if model.architecture.is_decoder() {
+        if unit.format != GraphFormat::Onnx {
+            return Some(format!(
+                "{}: edgeforge writes decoders as ONNX (onnxruntime-genai) only, not {}",
+                unit.runtime,
+                unit.format.name()
+            ));
+        }
+        if let Err(e) = genai::llama_spec(model) {
+            return Some(format!("{}: {e}", unit.runtime));
+        }
+        return unit.decoder_schemes.is_empty().then(|| {
+            format!(
+                "{} on the {} runs none of the decoder schemes edgeforge writes ({})",
+                unit.runtime,
+                unit.accelerator,
+                DECODER_SCHEMES.join(", ")
+            )
+        });
+    }
+    if onnx::bert_config(model).is_err() {
+        return Some(format!(
+            "{}: edgeforge writes {} for BERT-style encoders and LLaMA-style decoders; this model is `{kind}`",
+            unit.runtime,
+            unit.format.name(),
+        ));
+    }
+    unit.schemes.is_empty().then(|| {
+        format!(
+            "{} on the {} runs none of the encoder schemes edgeforge writes ({})",
+            unit.runtime,
+            unit.accelerator,
+            SCHEMES.join(", ")
+        )
+    })
+}
+
+/// The accuracy figures a build table shows: cosine for an encoder, mean
+/// KL divergence and top-1 agreement for a decoder.
+fn figures(acc: Option<&super::accuracy::Accuracy>) -> String {
+    match acc {
+        Some(a) if a.mean_kld.is_some() => format!(
+            "mean KLD {:.4}, top-1 {:.3}",
+            a.mean_kld.unwrap_or(0.0),
+            a.top1_agreement.unwrap_or(0.0)
+        ),
+        Some(a) => format!("cosine {:.4}", a.cosine_mean.unwrap_or(0.0)),
+        None => "not measured".into(),
+    }
+}
+
+/// The files for `scheme`, shared with any target that needs the same.
 fn export(
     job: &GraphJob,
     model: &Model,
     scheme: &str,
     calibration: Option<&Path>,
-) -> Result<Arc<Vec<u8>>, String> {
+) -> Result<Files, String> {
     let texts = job.spec.calibration_texts;
     let cal_sha = job
         .calibration
         .map(|t| hex::encode(Sha256::digest(t.as_bytes())))
         .unwrap_or_default();
+    let graph = job.unit.format.file_name().to_string();
+    if model.architecture.is_decoder() {
+        let s = genai::GenaiScheme::parse(scheme).ok_or("not a decoder scheme")?;
+        return job.exports.get_or(format!("genai {scheme}"), || {
+            genai::export(model, &graph, s)
+                .map(|f| f.files)
+                .map_err(|e| e.to_string())
+        });
+    }
     match job.unit.format {
         GraphFormat::Onnx => {
             // The mixed-precision plan keeps the most sensitive ops in float
@@ -336,7 +418,7 @@ fn export(
                     },
                 });
                 onnx::export(model, s, cal.as_ref())
-                    .map(|e| e.bytes)
+                    .map(|e| vec![(graph, e.bytes)])
                     .map_err(|e| e.to_string())
             })
         }
@@ -353,7 +435,7 @@ fn export(
                     method: tflite::calibrate::Method::MinMax,
                 };
                 tflite::export(model, &opts)
-                    .map(|e| e.bytes)
+                    .map(|e| vec![(graph, e.bytes)])
                     .map_err(|e| e.to_string())
             })
         }

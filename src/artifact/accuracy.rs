@@ -61,6 +61,21 @@ pub struct Gate {
 }
 
 impl Accuracy {
+    /// No figures yet, for `texts`.
+    pub fn unmeasured(texts: &[String]) -> Self {
+        Self {
+            eval_texts: texts.len(),
+            eval_sha256: hex::encode(Sha256::digest(texts.join("\n").as_bytes())),
+            cosine_mean: None,
+            cosine_drop: None,
+            top1_agreement: None,
+            perplexity_reference: None,
+            perplexity: None,
+            perplexity_increase_pct: None,
+            mean_kld: None,
+        }
+    }
+
     /// Checks every figure this accuracy has against the budget.
     pub fn gates(&self, budget: &Budget) -> Vec<Gate> {
         let mut gates = Vec::new();
@@ -111,18 +126,7 @@ pub fn measure(
     reference: &Engine,
     texts: &[String],
 ) -> Result<Accuracy, EngineError> {
-    let eval_sha256 = hex::encode(Sha256::digest(texts.join("\n").as_bytes()));
-    let mut acc = Accuracy {
-        eval_texts: texts.len(),
-        eval_sha256,
-        cosine_mean: None,
-        cosine_drop: None,
-        top1_agreement: None,
-        perplexity_reference: None,
-        perplexity: None,
-        perplexity_increase_pct: None,
-        mean_kld: None,
-    };
+    let mut acc = Accuracy::unmeasured(texts);
     match (&artifact.network, &reference.network) {
         (Network::Encoder(_), Network::Encoder(_)) => {
             let (a, r) = (artifact.embed(texts)?, reference.embed(texts)?);
@@ -138,19 +142,7 @@ pub fn measure(
                     positions.extend(eval::score(da, &tokens, 0, Base::Model(dr), false).0);
                 }
             }
-            let quality = eval::summarize(&positions);
-            let Some(v) = quality.vs_reference else {
-                return Err(EngineError::Usage {
-                    path: std::path::PathBuf::from("eval texts"),
-                    message: "no eval text is two tokens long: nothing to score".into(),
-                });
-            };
-            let (pa, pr) = (quality.perplexity.value, v.perplexity_reference.value);
-            acc.top1_agreement = Some(round6(v.same_top1.value));
-            acc.perplexity = Some(round6(pa));
-            acc.perplexity_reference = Some(round6(pr));
-            acc.perplexity_increase_pct = Some(round6((pa / pr - 1.0) * 100.0));
-            acc.mean_kld = Some(round6(v.kld_mean.value));
+            decoder_figures(&mut acc, &positions)?;
         }
         _ => return Err(EngineError::Usage {
             path: std::path::PathBuf::from("--reference"),
@@ -160,6 +152,24 @@ pub fn measure(
         }),
     }
     Ok(acc)
+}
+
+/// A decoder's figures from its scored positions (every eval text's).
+pub fn decoder_figures(acc: &mut Accuracy, positions: &[eval::Scored]) -> Result<(), EngineError> {
+    let quality = eval::summarize(positions);
+    let Some(v) = quality.vs_reference else {
+        return Err(EngineError::Usage {
+            path: std::path::PathBuf::from("eval texts"),
+            message: "no eval text is two tokens long: nothing to score".into(),
+        });
+    };
+    let (pa, pr) = (quality.perplexity.value, v.perplexity_reference.value);
+    acc.top1_agreement = Some(round6(v.same_top1.value));
+    acc.perplexity = Some(round6(pa));
+    acc.perplexity_reference = Some(round6(pr));
+    acc.perplexity_increase_pct = Some(round6((pa / pr - 1.0) * 100.0));
+    acc.mean_kld = Some(round6(v.kld_mean.value));
+    Ok(())
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {

@@ -7,8 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use super::accuracy::Accuracy;
 use super::manifest::{Compatibility, Quantization};
 use super::ArtifactError;
@@ -20,9 +18,10 @@ use crate::model::Model;
 
 /// Files a graph payload carries beside the graph: what a loader of the
 /// format expects next to it (the architecture, the tokenizer).
-pub const SIDE_FILES: [&str; 6] = [
+pub const SIDE_FILES: [&str; 7] = [
     "calibration.txt",
     "config.json",
+    "genai_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -187,6 +186,9 @@ impl GraphPayload {
     /// Mean cosine of the file's sentence embeddings to `reference`'s f32
     /// engine on `texts`, computed from the file read back.
     pub fn accuracy(&self, reference: &Model, texts: &[String]) -> Result<Accuracy, ArtifactError> {
+        if self.architecture.is_decoder() {
+            return self.decoder_accuracy(reference, texts);
+        }
         let cosine_mean = match self.format {
             GraphFormat::Onnx => {
                 crate::format::onnx::export::accuracy(&self.file, reference, texts)
@@ -204,16 +206,61 @@ impl GraphPayload {
         };
         let round6 = |x: f64| (x * 1e6).round() / 1e6;
         Ok(Accuracy {
-            eval_texts: texts.len(),
-            eval_sha256: hex::encode(Sha256::digest(texts.join("\n").as_bytes())),
             cosine_mean: Some(round6(cosine_mean)),
             cosine_drop: Some(round6(1.0 - cosine_mean)),
-            top1_agreement: None,
-            perplexity_reference: None,
-            perplexity: None,
-            perplexity_increase_pct: None,
-            mean_kld: None,
+            ..Accuracy::unmeasured(texts)
         })
+    }
+
+    /// A decoder graph's next-token distributions against `reference`'s f32
+    /// engine on each text's tokens (the reference's tokenizer), computed by
+    /// edgeforge's evaluator from the file read back: perplexity, top-1
+    /// agreement and mean KL divergence as `measure` gives them for GGUF.
+    fn decoder_accuracy(
+        &self,
+        reference: &Model,
+        texts: &[String],
+    ) -> Result<Accuracy, ArtifactError> {
+        let fail = |e: String| at(&self.file, e);
+        if self.format != GraphFormat::Onnx {
+            return Err(fail("edgeforge writes decoders as ONNX graphs only".into()));
+        }
+        let onnx = OnnxFile::open(&self.file).map_err(|e| fail(e.to_string()))?;
+        let session = crate::format::onnx::eval::Session::new(&onnx.model, &self.file)
+            .map_err(|e| fail(e.to_string()))?;
+        drop(onnx);
+        let engine = crate::engine::Engine::load(reference)?;
+        let crate::engine::Network::Decoder(decoder) = &engine.network else {
+            return Err(ArtifactError::at(
+                &reference.path,
+                "the reference is not a decoder, but the graph is",
+            ));
+        };
+        let vocab = decoder.spec.vocab;
+        let mut positions = Vec::new();
+        for text in texts {
+            let tokens = engine.tokenizer.encode(text)?;
+            if tokens.len() < 2 {
+                continue;
+            }
+            let rows = crate::format::onnx::eval::decoder_logits(&session, &tokens)
+                .map_err(|e| fail(e.to_string()))?;
+            if rows.len() != tokens.len() || rows.iter().any(|r| r.len() != vocab) {
+                return Err(fail(format!(
+                    "the graph gave {} rows of logits for {} tokens (vocabulary {vocab})",
+                    rows.len(),
+                    tokens.len()
+                )));
+            }
+            let logits: Vec<f32> = rows.concat();
+            let base = decoder.forward(&tokens, &mut decoder.new_cache(), tokens.len());
+            positions.extend(crate::eval::decoder::score_against(
+                &logits, &base, vocab, &tokens,
+            ));
+        }
+        let mut acc = Accuracy::unmeasured(texts);
+        super::accuracy::decoder_figures(&mut acc, &positions)?;
+        Ok(acc)
     }
 }
 
@@ -246,10 +293,17 @@ pub fn runtime_refuses(
 
 /// The lowest precision among a graph's weight types (counts by scheme name).
 pub fn main_scheme(types: &BTreeMap<String, u64>) -> &'static str {
-    ["int8_pc", "int8_pt", "F16"]
-        .into_iter()
-        .find(|s| types.contains_key(*s))
-        .unwrap_or("F32")
+    [
+        "int4_g128_sym",
+        "int4_g64_sym",
+        "int4_g32_sym",
+        "int8_pc",
+        "int8_pt",
+        "F16",
+    ]
+    .into_iter()
+    .find(|s| types.contains_key(*s))
+    .unwrap_or("F32")
 }
 
 /// What a graph file holds and needs, read from the file alone: its weights'
@@ -335,6 +389,42 @@ fn onnx_weights(bytes: &[u8], file: &Path) -> Result<(Weights, Vec<String>), Art
         })
         .flat_map(|n| n.input.iter().skip(1).map(String::as_str))
         .collect();
+    // MatMulNBits weights: codes (input 1) in target-profile scheme names
+    // by bits and block, scales and zero points (inputs 2, 3) side data.
+    let mut nbits: BTreeMap<&str, (String, u64)> = BTreeMap::new();
+    for n in graph
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("MatMulNBits"))
+    {
+        let int = |name: &str| {
+            n.attribute
+                .iter()
+                .find(|a| a.name.as_deref() == Some(name))
+                .and_then(|a| a.i)
+                .unwrap_or(0)
+        };
+        let (bits, block, k, rows) = (int("bits"), int("block_size"), int("K"), int("N"));
+        let zero = if n.input.get(3).is_some_and(|z| !z.is_empty()) {
+            "asym"
+        } else {
+            "sym"
+        };
+        if let Some(codes) = n.input.get(1) {
+            let scheme = format!("int{bits}_g{block}_{zero}");
+            nbits.insert(codes.as_str(), (scheme, (k.max(0) * rows.max(0)) as u64));
+        }
+    }
+    let side: BTreeSet<&str> = side
+        .into_iter()
+        .chain(
+            graph
+                .node
+                .iter()
+                .filter(|n| n.op_type.as_deref() == Some("MatMulNBits"))
+                .flat_map(|n| n.input.iter().skip(2).map(String::as_str)),
+        )
+        .collect();
     // Activation zero points: the third input of each QuantizeLinear.
     let act_zeros: BTreeSet<&str> = graph
         .node
@@ -371,6 +461,11 @@ fn onnx_weights(bytes: &[u8], file: &Path) -> Result<(Weights, Vec<String>), Art
         };
         if side.contains(name.as_str()) {
             w.side_bytes += elems * size;
+            continue;
+        }
+        if let Some((scheme, weights)) = nbits.get(name.as_str()) {
+            w.tensors
+                .insert(name, (scheme.clone(), *weights, elems * size));
             continue;
         }
         if elems < 2 {

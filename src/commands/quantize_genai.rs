@@ -1,5 +1,6 @@
-//! `edgeforge quantize DECODER -o DIR/model.onnx --scheme q4_0`: the folder
-//! onnxruntime-genai loads (graph, genai_config.json, tokenizer files).
+//! `edgeforge quantize DECODER -o DIR/model.onnx --scheme q4_0` (or
+//! `int4_g128_sym`, ...): the folder onnxruntime-genai loads (graph,
+//! genai_config.json, tokenizer files, and the HF config.json edgeforge reads).
 //! Every file is built in memory and written to a temp file first; they are
 //! renamed into place only when all of them were written, so a failure
 //! leaves none of them.
@@ -14,7 +15,8 @@ use serde::Serialize;
 use crate::cli::QuantizeArgs;
 use crate::exit::ExitStatus;
 use crate::format::atomic::{AtomicFile, Overwrite};
-use crate::format::onnx::{genai, llama, OPSET};
+use crate::format::onnx::genai::{self, GenaiScheme};
+use crate::format::onnx::{llama, OPSET};
 use crate::model::Model;
 use crate::printer::Printer;
 use crate::units::human_bytes;
@@ -25,22 +27,30 @@ struct Report<'a> {
     output: &'a Path,
     format: &'static str,
     runtime: &'static str,
-    scheme: &'static str,
+    scheme: String,
     opset: i64,
     bytes: u64,
     files: Vec<PathBuf>,
-    q4_0_weights: usize,
+    /// Weights stored as 4-bit MatMulNBits blocks.
+    int4_weights: usize,
     float_weights: Vec<String>,
     matmul_nbits_accuracy_level: i64,
 }
 
-pub fn quantize_genai(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result<ExitStatus> {
+pub fn quantize_genai(
+    args: &QuantizeArgs,
+    scheme: GenaiScheme,
+    printer: &Printer,
+) -> anyhow::Result<ExitStatus> {
     if args.fit.is_some()
         || args.bpw.is_some()
         || args.dry_run
         || args.calibration.calibration.is_some()
     {
-        bail!("The onnxruntime-genai export takes --scheme q4_0 only (not --fit, --bpw, --dry-run or --calibration)");
+        bail!(
+            "The onnxruntime-genai export takes --scheme {} only (not --fit, --bpw, --dry-run or --calibration)",
+            genai::SCHEMES
+        );
     }
     let overwrite = if args.force {
         Overwrite::Allow
@@ -62,7 +72,7 @@ pub fn quantize_genai(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result<
     let model = Model::open(&args.model).context("Cannot quantize")?;
     genai::llama_spec(&model).context("Cannot quantize")?;
     super::quantize::check_requant(&model, args.allow_requant, printer)?;
-    let folder = genai::export(&model, model_file).context("Cannot quantize")?;
+    let folder = genai::export(&model, model_file, scheme).context("Cannot quantize")?;
     let targets: Vec<PathBuf> = folder.files.iter().map(|(n, _)| dir.join(n)).collect();
     if overwrite == Overwrite::Deny {
         if let Some(existing) = targets.iter().find(|p| p.exists()) {
@@ -89,11 +99,11 @@ pub fn quantize_genai(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result<
         output: &args.out,
         format: "onnx",
         runtime: "onnxruntime-genai",
-        scheme: "q4_0",
+        scheme: scheme.name(),
         opset: OPSET,
         bytes,
         files: targets,
-        q4_0_weights: folder.q4_0_weights,
+        int4_weights: folder.int4_weights,
         float_weights: folder.float_weights,
         matmul_nbits_accuracy_level: llama::ACCURACY_LEVEL,
     };
@@ -109,17 +119,18 @@ fn render(r: &Report<'_>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{}: onnxruntime-genai decoder, ONNX opset {} + MatMulNBits, {} weights as Q4_0 blocks, {} ({} files)",
+        "{}: onnxruntime-genai decoder, ONNX opset {} + MatMulNBits, {} weights as {}, {} ({} files)",
         r.output.display(),
         r.opset,
-        r.q4_0_weights,
+        r.int4_weights,
+        r.scheme,
         human_bytes(r.bytes),
         r.files.len()
     );
     if !r.float_weights.is_empty() {
         let _ = writeln!(
             out,
-            "float32 (not Q4_0 in the GGUF plan): {}",
+            "float32 (not 4-bit in the GGUF Q4_0 plan): {}",
             r.float_weights.join(", ")
         );
     }

@@ -44,10 +44,10 @@ pub fn quantize_onnx(args: &QuantizeArgs, printer: &Printer) -> anyhow::Result<E
         bail!("ONNX output takes --scheme fp32, fp16 or int8_pc (not --fit, --bpw or --dry-run)");
     }
     let Some(name) = &args.scheme else {
-        bail!("Say which ONNX scheme to write: --scheme fp32, fp16 or int8_pc (encoders), q4_0 (decoders)");
+        bail!("Say which ONNX scheme to write: --scheme fp32, fp16 or int8_pc (encoders), q4_0 or int4_g32|64|128_sym (decoders)");
     };
-    if name.eq_ignore_ascii_case("q4_0") {
-        return super::quantize_genai::quantize_genai(args, printer);
+    if let Some(scheme) = crate::format::onnx::genai::GenaiScheme::parse(name) {
+        return super::quantize_genai::quantize_genai(args, scheme, printer);
     }
     let scheme = OnnxScheme::parse(name).map_err(|e| anyhow::anyhow!("`--scheme`: {e}"))?;
     let overwrite = if args.force {

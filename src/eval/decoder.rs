@@ -68,10 +68,47 @@ pub fn score(
             )
         }
     };
+    score_rows(
+        &logits[..n * vocab],
+        vocab,
+        targets,
+        base_records,
+        keep_records,
+    )
+}
+
+/// Scores logits computed elsewhere (an ONNX graph's) against a
+/// reference's logits on the same `seq`: rows for positions `0 .. seq.len()
+/// - 1` of each, `vocab` wide; row `i` predicts `seq[i + 1]`.
+pub fn score_against(logits: &[f32], reference: &[f32], vocab: usize, seq: &[u32]) -> Vec<Scored> {
+    let n = seq.len() - 1;
+    assert!(logits.len() >= n * vocab && reference.len() >= n * vocab);
+    let targets = &seq[1..];
+    let base = reference[..n * vocab]
+        .par_chunks_exact(vocab)
+        .zip(targets)
+        .map(|(row, &t)| Record::from_logits(row, t as usize).0)
+        .collect();
+    score_rows(&logits[..n * vocab], vocab, targets, Some(base), false).0
+}
+
+/// One score per row of `logits` (row `i` predicts `targets[i]`), against
+/// the base's records when given.
+fn score_rows(
+    logits: &[f32],
+    vocab: usize,
+    targets: &[u32],
+    base_records: Option<Vec<Record>>,
+    keep_records: bool,
+) -> (Vec<Scored>, Option<Vec<Record>>) {
     if let Some(r) = &base_records {
-        assert_eq!(r.len(), n, "one base record per scored position");
+        assert_eq!(
+            r.len(),
+            targets.len(),
+            "one base record per scored position"
+        );
     }
-    let scored: Vec<(Scored, Option<Record>)> = logits[..n * vocab]
+    let scored: Vec<(Scored, Option<Record>)> = logits
         .par_chunks_exact(vocab)
         .zip(targets)
         .enumerate()

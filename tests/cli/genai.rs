@@ -14,7 +14,8 @@ use crate::common::*;
 /// two runtimes part on other prompts).
 const PROMPT: &str = "My favourite food is";
 const NEW_TOKENS: usize = 32;
-const FILES: [&str; 4] = [
+const FILES: [&str; 5] = [
+    "config.json",
     "model.onnx",
     "genai_config.json",
     "tokenizer.json",
@@ -55,7 +56,7 @@ fn genai_greedy_tokens_equal_ours_on_the_q4_0_gguf() {
     }
     assert_eq!(report["scheme"], "q4_0");
     assert_eq!(
-        report["q4_0_weights"], 210,
+        report["int4_weights"], 210,
         "every layer matrix as Q4_0 blocks"
     );
     // The tied embedding is Q8_0 in our Q4_0 GGUF (Q6_K's row fallback):

@@ -2,6 +2,7 @@
 //! format, sharing the helpers in `common`.
 
 mod accelerated;
+mod accelerated_decoder;
 mod common;
 mod distill;
 mod distribution;
@@ -17,6 +18,7 @@ mod imatrix;
 mod inspect;
 mod mixes;
 mod onnx;
+mod onnx_decoder_eval;
 mod package;
 mod profile;
 mod quant_kernels;

@@ -8,7 +8,7 @@
 //! so `run generate` on `quantize --scheme q4_0 -o x.gguf` and genai on this
 //! folder compute with identical weights.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
@@ -34,13 +34,77 @@ pub enum GenaiError {
     Input { path: PathBuf, message: String },
 }
 
+/// How the folder's graph codes its 4-bit weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenaiScheme {
+    /// The GGUF Q4_0 plan's blocks as they are, computing what the engine
+    /// and llama.cpp compute (`quantize --scheme q4_0`).
+    Q4_0,
+    /// Symmetric int4 with blocks of 32, 64 or 128 from the source's float
+    /// values, float activations: what NPU runtimes compile (target
+    /// profiles' `int4_g{32,64,128}_sym`).
+    Int4Sym { block: usize },
+}
+
+impl GenaiScheme {
+    /// Its name: `q4_0`, or the target-profile scheme `int4_g128_sym`.
+    pub fn name(self) -> String {
+        match self {
+            Self::Q4_0 => "q4_0".into(),
+            Self::Int4Sym { block } => format!("int4_g{block}_sym"),
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        let lower = name.to_ascii_lowercase();
+        if lower == "q4_0" {
+            return Some(Self::Q4_0);
+        }
+        let block = lower.strip_prefix("int4_g")?.strip_suffix("_sym")?;
+        match block {
+            "32" | "64" | "128" => Some(Self::Int4Sym {
+                block: block.parse().expect("matched digits"),
+            }),
+            _ => None,
+        }
+    }
+
+    fn coding(self) -> llama::Coding {
+        match self {
+            Self::Q4_0 => llama::Coding::LlamaCpp,
+            Self::Int4Sym { block } => llama::Coding::Int4Sym { block },
+        }
+    }
+
+    fn weights_note(self) -> String {
+        match self {
+            Self::Q4_0 => {
+                "GGUF Q4_0 blocks as MatMulNBits (bits 4, block 32, zero point 8)".into()
+            }
+            Self::Int4Sym { block } => format!(
+                "symmetric int4 from the source's values as MatMulNBits (bits 4, block {block}, zero point 8)"
+            ),
+        }
+    }
+
+    fn activations_note(self) -> &'static str {
+        match self {
+            Self::Q4_0 => "Q8_0 grid before each block-quantized matmul (llama.cpp's arithmetic)",
+            Self::Int4Sym { .. } => "float32",
+        }
+    }
+}
+
+/// The schemes [`GenaiScheme::parse`] takes, for messages.
+pub const SCHEMES: &str = "q4_0, int4_g32_sym, int4_g64_sym, int4_g128_sym";
+
 /// The folder's files, named, in the order they are written.
 pub struct GenaiFolder {
     pub files: Vec<(String, Vec<u8>)>,
-    /// Weights carried as float32 because the GGUF holds them in another type.
+    /// Weights carried as float32 (not 4-bit in the plan).
     pub float_weights: Vec<String>,
     /// Weights as MatMulNBits blocks.
-    pub q4_0_weights: usize,
+    pub int4_weights: usize,
 }
 
 /// The decoder spec, or the error naming what the model is.
@@ -62,67 +126,96 @@ pub fn llama_spec(model: &Model) -> Result<Spec, GenaiError> {
 }
 
 /// Builds every file of the folder; `model_file` is the graph's file name.
-pub fn export(model: &Model, model_file: &str) -> Result<GenaiFolder, GenaiError> {
+pub fn export(
+    model: &Model,
+    model_file: &str,
+    scheme: GenaiScheme,
+) -> Result<GenaiFolder, GenaiError> {
     let input = |message: String| GenaiError::Input {
         path: model.path.clone(),
         message,
     };
     let spec = llama_spec(model)?;
-    let tensors = q4_0_tensors(model).map_err(input)?;
-    let q4_0_weights = tensors.values().filter(|t| t.ty == GgmlType::Q4_0).count();
+    let (tensors, int4) = plan_tensors(model, scheme).map_err(input)?;
+    let int4_weights = int4.len();
     let specials = Specials::of(model).map_err(input)?;
     let metadata = BTreeMap::from([
-        ("edgeforge.scheme".to_string(), "q4_0".to_string()),
+        ("edgeforge.scheme".to_string(), scheme.name()),
         ("edgeforge.opset".to_string(), OPSET.to_string()),
         ("edgeforge.family".to_string(), spec.family.to_string()),
         (
             "edgeforge.runtime".to_string(),
             "onnxruntime-genai".to_string(),
         ),
-        (
-            "edgeforge.weights".to_string(),
-            "GGUF Q4_0 blocks as MatMulNBits (bits 4, block 32, zero point 8)".to_string(),
-        ),
+        ("edgeforge.weights".to_string(), scheme.weights_note()),
         ("edgeforge.kv_cache".to_string(), "float16".to_string()),
         (
             "edgeforge.activations".to_string(),
-            "Q8_0 grid before each block-quantized matmul (llama.cpp's arithmetic)".to_string(),
+            scheme.activations_note().to_string(),
         ),
     ]);
-    let graph = llama::build(&spec, &tensors, &metadata).map_err(|e| input(e.to_string()))?;
+    let graph = llama::build(&spec, &tensors, &metadata, scheme.coding(), &int4)
+        .map_err(|e| input(e.to_string()))?;
+    let tied = !tensors.contains_key("output.weight");
     drop(tensors);
     let onnx = super::encode(&graph.model);
     drop(graph.model);
     let (tokenizer, tokenizer_config) = tokenizer_files(model, &specials, spec.context)?;
-    let config = genai_config(&spec, &specials, model_file);
-    let mut config = serde_json::to_vec_pretty(&config).expect("JSON values serialise");
-    config.push(b'\n');
+    let json = |v: &Value| {
+        let mut bytes = serde_json::to_vec_pretty(v).expect("JSON values serialise");
+        bytes.push(b'\n');
+        bytes
+    };
+    let genai = json(&genai_config(&spec, &specials, model_file));
+    let hf = json(&hf_config(&spec, &specials, tied));
     Ok(GenaiFolder {
         files: vec![
-            ("genai_config.json".into(), config),
+            ("config.json".into(), hf),
+            ("genai_config.json".into(), genai),
             ("tokenizer.json".into(), tokenizer),
             ("tokenizer_config.json".into(), tokenizer_config),
             (model_file.to_string(), onnx),
         ],
         float_weights: graph.float_weights,
-        q4_0_weights,
+        int4_weights,
     })
 }
 
-/// Every weight as the Q4_0 GGUF holds it (the planner's choices: the
-/// tied embedding and norms stay in other types), by llama.cpp name.
-fn q4_0_tensors(model: &Model) -> Result<Tensors, String> {
+/// Every weight by llama.cpp name, and the names to store as int4: the GGUF
+/// Q4_0 plan decides which weights are 4-bit (the tied embedding and norms
+/// stay in other types). For [`GenaiScheme::Q4_0`] each tensor is encoded
+/// by the GGUF writer's own path; for int4 at other blocks every tensor is
+/// the source's float values, quantized by the graph builder.
+fn plan_tensors(model: &Model, scheme: GenaiScheme) -> Result<(Tensors, BTreeSet<String>), String> {
     let constraints = Constraints::for_model(model, None, true);
     let plan = plan::plan(&model.tensors, Preset::Uniform(Scheme::Q4_0), &constraints)?;
     let mut tensors = Tensors::new();
+    let mut int4 = BTreeSet::new();
     for p in &plan.tensors {
         let Some((name, ty, bytes)) = apply::encode_for_gguf(model, p)? else {
             continue;
         };
-        let dims = p.shape.iter().map(|&d| d as usize).collect();
-        tensors.insert(name, StoredTensor { ty, dims, bytes });
+        let dims: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+        if ty == GgmlType::Q4_0 {
+            int4.insert(name.clone());
+        }
+        let stored = match scheme {
+            GenaiScheme::Q4_0 => StoredTensor { ty, dims, bytes },
+            GenaiScheme::Int4Sym { .. } => {
+                let source = model
+                    .tensor(&p.name)
+                    .ok_or_else(|| format!("tensor `{}` is not in the model", p.name))?;
+                let values = apply::tensor_f32(model, source)?;
+                StoredTensor {
+                    ty: GgmlType::F32,
+                    dims,
+                    bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                }
+            }
+        };
+        tensors.insert(name, stored);
     }
-    Ok(tensors)
+    Ok((tensors, int4))
 }
 
 /// Special token ids genai and the tokenizer files name.
@@ -226,6 +319,30 @@ fn genai_config(s: &Spec, sp: &Specials, model_file: &str) -> Value {
             "top_k": 1,
             "top_p": 1.0,
         },
+    })
+}
+
+/// A Hugging Face `config.json` for the graph's decoder: genai does not
+/// read it, but edgeforge (package, verify, run) and HF loaders learn the
+/// architecture from it, as they do beside an encoder's graph.
+fn hf_config(s: &Spec, sp: &Specials, tied: bool) -> Value {
+    json!({
+        "architectures": ["LlamaForCausalLM"],
+        "bos_token_id": sp.bos,
+        "eos_token_id": sp.eos,
+        "head_dim": s.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": s.hidden,
+        "intermediate_size": s.ffn,
+        "max_position_embeddings": s.context,
+        "model_type": "llama",
+        "num_attention_heads": s.heads,
+        "num_hidden_layers": s.layers.len(),
+        "num_key_value_heads": s.kv_heads,
+        "rms_norm_eps": s.eps,
+        "rope_theta": s.layers[0].rope_base,
+        "tie_word_embeddings": tied,
+        "vocab_size": s.vocab,
     })
 }
 

@@ -20,7 +20,7 @@
 //! float16 before their products, RMSNorm as `x * (1 / sqrt(mean(x²) + ε)) * w`
 //! and SiLU as `x / (1 + exp(-x))`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::builder::{attr_int, attr_ints, Dim, GraphBuilder};
 use super::nbits::{self, RepackError};
@@ -67,6 +67,19 @@ pub enum BuildError {
 /// the choice to onnxruntime (float32 activations on CPU), 4 quantizes
 /// activations to int8 blocks, as llama.cpp's Q4_0 × Q8_0 dot product does.
 pub const ACCURACY_LEVEL: i64 = 0;
+
+/// How the graph codes its 4-bit weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    /// The GGUF's Q4_0 blocks as they are, with activations on llama.cpp's
+    /// Q8_0 grid before each: the graph computes what the engine computes.
+    LlamaCpp,
+    /// Every weight the plan makes 4-bit (given as float) quantized
+    /// symmetrically with blocks of `block` along K, float activations:
+    /// the plain MatMulNBits graph accelerator runtimes compile (OpenVINO's
+    /// NPU plugin wants blocks of 128, QNN takes 32 to 128).
+    Int4Sym { block: usize },
+}
 
 /// Dimension names genai's KV cache code reads.
 const BATCH: Dim = Dim::Named("batch_size");
@@ -123,15 +136,21 @@ pub struct DecoderGraph {
     pub float_weights: Vec<String>,
 }
 
+/// The graph over `tensors`; with [`Coding::Int4Sym`], `int4` names the
+/// weights to quantize (held as float in `tensors`).
 pub fn build(
     spec: &Spec,
     tensors: &Tensors,
     metadata: &BTreeMap<String, String>,
+    coding: Coding,
+    int4: &BTreeSet<String>,
 ) -> Result<DecoderGraph, BuildError> {
     check_spec(spec, tensors)?;
     let mut b = Builder {
         g: GraphBuilder::new(),
         t: tensors,
+        coding,
+        int4,
         float_weights: Vec::new(),
         q8: HashMap::new(),
     };
@@ -145,6 +164,8 @@ pub fn build(
 struct Builder<'a> {
     g: GraphBuilder,
     t: &'a Tensors,
+    coding: Coding,
+    int4: &'a BTreeSet<String>,
     float_weights: Vec<String>,
     /// Activation -> its Q8_0-grid twin, so q/k/v (and gate/up) share one.
     q8: HashMap<String, String>,
@@ -193,32 +214,63 @@ impl<'a> Builder<'a> {
         out: &str,
     ) -> Result<String, BuildError> {
         let t = self.stored(name, &[n, k])?;
+        if let Coding::Int4Sym { block } = self.coding {
+            if self.int4.contains(name) {
+                let w = self.dense(name, &[n, k])?;
+                let packed = nbits::quantize_sym(&w, n, k, block);
+                return Ok(self.matmul_nbits(x, name, (n, k, block), &packed, out));
+            }
+            return self.float_linear(x, name, n, k, out);
+        }
         let x = &self.activation(x, k, name, t.ty)?;
         if t.ty == GgmlType::Q4_0 {
             let packed = nbits::from_q4_0(&t.bytes, n, k).map_err(|source| BuildError::Repack {
                 name: name.into(),
                 source,
             })?;
-            let blocks = k / nbits::BLOCK;
-            let codes = self.g.u8(
-                &format!("{name}.q4"),
-                &[n, blocks, nbits::BLOCK / 2],
-                &packed.codes,
-            );
-            let scales = self
-                .g
-                .f32(&format!("{name}.scales"), &[n * blocks], &packed.scales);
-            let attrs = vec![
-                attr_int("K", k as i64),
-                attr_int("N", n as i64),
-                attr_int("bits", 4),
-                attr_int("block_size", nbits::BLOCK as i64),
-                attr_int("accuracy_level", ACCURACY_LEVEL),
-            ];
-            return Ok(self
-                .g
-                .ms_op("MatMulNBits", &[x, &codes, &scales], out, attrs));
+            return Ok(self.matmul_nbits(x, name, (n, k, nbits::BLOCK), &packed, out));
         }
+        self.float_linear(x, name, n, k, out)
+    }
+
+    /// `x @ W^T` with `W` `[n, k]` as MatMulNBits codes of `block` along K.
+    fn matmul_nbits(
+        &mut self,
+        x: &str,
+        name: &str,
+        (n, k, block): (usize, usize, usize),
+        packed: &nbits::NBits,
+        out: &str,
+    ) -> String {
+        let blocks = k.div_ceil(block);
+        let codes = self.g.u8(
+            &format!("{name}.q4"),
+            &[n, blocks, block / 2],
+            &packed.codes,
+        );
+        let scales = self
+            .g
+            .f32(&format!("{name}.scales"), &[n * blocks], &packed.scales);
+        let attrs = vec![
+            attr_int("K", k as i64),
+            attr_int("N", n as i64),
+            attr_int("bits", 4),
+            attr_int("block_size", block as i64),
+            attr_int("accuracy_level", ACCURACY_LEVEL),
+        ];
+        self.g
+            .ms_op("MatMulNBits", &[x, &codes, &scales], out, attrs)
+    }
+
+    /// `x @ W^T` as a float32 MatMul of the weight's decoded values.
+    fn float_linear(
+        &mut self,
+        x: &str,
+        name: &str,
+        n: usize,
+        k: usize,
+        out: &str,
+    ) -> Result<String, BuildError> {
         let w = self.dense(name, &[n, k])?;
         let mut wt = vec![0f32; n * k];
         for (r, row) in w.chunks_exact(k).enumerate() {
@@ -240,6 +292,9 @@ impl<'a> Builder<'a> {
         weight: &str,
         ty: GgmlType,
     ) -> Result<String, BuildError> {
+        if self.coding != Coding::LlamaCpp {
+            return Ok(x.to_string());
+        }
         match ty {
             GgmlType::Q4_0 | GgmlType::Q8_0 => {}
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => return Ok(x.to_string()),
@@ -414,7 +469,9 @@ impl<'a> Builder<'a> {
         g.scalar("const.one", 1.0);
         g.scalar("const.attention_scale", s.attention_scale);
         g.scalar("const.masked", f32::MIN);
-        q8_act::constants(g);
+        if self.coding == Coding::LlamaCpp {
+            q8_act::constants(g);
+        }
 
         // The engine's angles: position p (as f32) times each pair's frequency.
         let freqs = rope_freqs(s.layers[0].rope_base, s.rope_dims, None);

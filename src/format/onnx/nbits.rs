@@ -65,6 +65,40 @@ pub fn from_q4_0(bytes: &[u8], rows: usize, cols: usize) -> Result<NBits, Repack
     Ok(NBits { codes, scales })
 }
 
+/// Quantizes a `[rows, cols]` float matrix to MatMulNBits' symmetric 4-bit
+/// form with blocks of `block` along K: each block's scale is its largest
+/// magnitude (sign kept) over -8, codes `round(x / d) + 8` clamped to 15,
+/// which is ggml's Q4_0 rule at any block size (at 32 it gives Q4_0's codes,
+/// with the scale kept in f32 instead of rounded to f16). A last partial
+/// block is padded with zeros (code 8), as MatMulNBits pads K.
+pub fn quantize_sym(values: &[f32], rows: usize, cols: usize, block: usize) -> NBits {
+    assert!(block >= 16 && block.is_power_of_two(), "block {block}");
+    assert_eq!(values.len(), rows * cols, "a [{rows}, {cols}] matrix");
+    let per_row = cols.div_ceil(block);
+    let mut codes = Vec::with_capacity(rows * per_row * block / 2);
+    let mut scales = Vec::with_capacity(rows * per_row);
+    let mut padded = vec![0f32; block];
+    for row in values.chunks_exact(cols) {
+        for chunk in row.chunks(block) {
+            padded[..chunk.len()].copy_from_slice(chunk);
+            padded[chunk.len()..].fill(0.0);
+            let max = padded
+                .iter()
+                .fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+            let d = max / -8.0;
+            let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+            let code = |x: f32| ((x * id + 8.5) as i32).clamp(0, 15) as u8;
+            codes.extend(
+                padded
+                    .chunks_exact(2)
+                    .map(|p| code(p[0]) | (code(p[1]) << 4)),
+            );
+            scales.push(d);
+        }
+    }
+    NBits { codes, scales }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +163,54 @@ mod tests {
         assert_eq!(m.codes[0], 1 << 4, "elements 0 and 1");
         assert_eq!(m.codes[7], 14 | (15 << 4), "elements 14 and 15");
         assert_eq!(m.codes[8], 15 | (14 << 4), "elements 16 and 17");
+    }
+
+    #[test]
+    fn symmetric_quantization_at_32_gives_q4_0s_codes() {
+        let (rows, cols) = (2, 96);
+        let src: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 5.0)
+            .collect();
+        let mut bytes = vec![0u8; rows * cols / BLOCK * Q4_0_BYTES];
+        for (x, out) in src
+            .chunks_exact(BLOCK)
+            .zip(bytes.chunks_exact_mut(Q4_0_BYTES))
+        {
+            legacy::q4_0(x.try_into().unwrap(), out);
+        }
+        let ours = quantize_sym(&src, rows, cols, BLOCK);
+        let q4_0 = from_q4_0(&bytes, rows, cols).unwrap();
+        assert_eq!(ours.codes, q4_0.codes);
+        for (a, b) in ours.scales.iter().zip(&q4_0.scales) {
+            assert_eq!(half::f16::from_f32(*a).to_f32(), *b);
+        }
+    }
+
+    #[test]
+    fn a_partial_last_block_is_padded_with_zero_codes() {
+        // K = 576 at block 128: four whole blocks and one of 64 values.
+        let (rows, cols, block) = (1, 576, 128);
+        let src: Vec<f32> = (0..cols).map(|i| (i as f32 - 300.0) / 40.0).collect();
+        let m = quantize_sym(&src, rows, cols, block);
+        assert_eq!(m.scales.len(), 5);
+        assert_eq!(m.codes.len(), 5 * block / 2);
+        let decode = |c: usize| {
+            let byte = m.codes[c / 2];
+            let code = if c % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+            (f32::from(code) - 8.0) * m.scales[c / block]
+        };
+        for (c, &x) in src.iter().enumerate() {
+            let d = m.scales[c / block].abs();
+            assert!(
+                (decode(c) - x).abs() <= d / 2.0 + 1e-6,
+                "[{c}] {x} vs {}",
+                decode(c)
+            );
+        }
+        assert!(
+            (cols..5 * block).all(|c| decode(c) == 0.0),
+            "padding decodes to 0"
+        );
     }
 
     #[test]

@@ -1,34 +1,43 @@
-//! The ops the evaluator knows, with ONNX's semantics (opset 17): numpy
-//! broadcasting for elementwise ops, batched MatMul, QDQ rounding.
+//! The ops the evaluator knows, with ONNX's semantics (opset 17, and
+//! onnxruntime's `MatMulNBits`): the dispatch by op name, the shape and
+//! data-movement ops, and the normalisations. Elementwise ops live in
+//! `elementwise`, reductions in `reduce`, products in `linalg`, QDQ in `qdq`.
 
 use std::sync::Arc;
 
+use super::data::{by_type, Data, Elem};
+use super::elementwise::{self as ew, Arith, Cmp, Logic};
+use super::linalg::{self, Dequantized};
+use super::qdq;
+use super::reduce::{self, Reduce};
 use super::{attr, Value};
-use crate::format::onnx::proto::{data_type, AttributeProto, NodeProto};
-use crate::format::onnx::reader::Data;
-use crate::kernels::dense::small_gemm;
+use crate::format::onnx::proto::{AttributeProto, NodeProto};
+use crate::format::onnx::MS_DOMAIN;
 
+/// What an op sees: its node, resolved inputs (`None`: absent, or not
+/// known yet when preparing) and what was prepared for it.
 pub(super) struct Ctx<'a> {
     pub node: &'a NodeProto,
     pub args: &'a [Option<Arc<Value>>],
     pub attrs: &'a [AttributeProto],
+    pub prepared: Option<&'a Dequantized>,
 }
 
-type R<T> = Result<T, String>;
+pub(super) type R<T> = Result<T, String>;
 
 impl Ctx<'_> {
-    fn arg(&self, i: usize) -> R<&Value> {
+    pub fn arg(&self, i: usize) -> R<&Value> {
         self.args
             .get(i)
             .and_then(|a| a.as_deref())
             .ok_or_else(|| format!("input {i} is missing"))
     }
 
-    fn opt(&self, i: usize) -> Option<&Value> {
+    pub fn opt(&self, i: usize) -> Option<&Value> {
         self.args.get(i).and_then(|a| a.as_deref())
     }
 
-    fn f32(&self, i: usize) -> R<(&[usize], &[f32])> {
+    pub fn f32(&self, i: usize) -> R<(&[usize], &[f32])> {
         let v = self.arg(i)?;
         match &v.data {
             Data::F32(d) => Ok((&v.shape, d)),
@@ -39,7 +48,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn i64s(&self, i: usize) -> R<&[i64]> {
+    pub fn i64s(&self, i: usize) -> R<&[i64]> {
         match &self.arg(i)?.data {
             Data::I64(d) => Ok(d),
             other => Err(format!(
@@ -49,61 +58,87 @@ impl Ctx<'_> {
         }
     }
 
-    fn int(&self, name: &str, default: i64) -> i64 {
+    pub fn int(&self, name: &str, default: i64) -> i64 {
         attr(self.attrs, name).and_then(|a| a.i).unwrap_or(default)
     }
 
-    fn float(&self, name: &str, default: f32) -> f32 {
+    pub fn float(&self, name: &str, default: f32) -> f32 {
         attr(self.attrs, name).and_then(|a| a.f).unwrap_or(default)
     }
 
-    fn ints(&self, name: &str) -> Option<&[i64]> {
+    pub fn ints(&self, name: &str) -> Option<&[i64]> {
         attr(self.attrs, name).map(|a| a.ints.as_slice())
+    }
+}
+
+/// Whether a node's domain is ONNX's own.
+fn default_domain(node: &NodeProto) -> bool {
+    matches!(node.domain.as_deref(), None | Some("") | Some("ai.onnx"))
+}
+
+/// Work done once for a node whose weights are constant, before any run
+/// (`None`: nothing to do for this op).
+pub(super) fn prepare(c: &Ctx) -> R<Option<Dequantized>> {
+    match (c.node.domain.as_deref(), c.node.op_type.as_deref()) {
+        (Some(MS_DOMAIN), Some("MatMulNBits")) => linalg::prepare_nbits(c),
+        _ => Ok(None),
     }
 }
 
 pub(super) fn run(c: &Ctx) -> R<Value> {
     let op = c.node.op_type.as_deref().unwrap_or("");
-    let domain = c.node.domain.as_deref().unwrap_or("");
-    if !domain.is_empty() {
-        return Err(format!("domain `{domain}` is not supported"));
+    if !default_domain(c.node) {
+        return match (c.node.domain.as_deref(), op) {
+            (Some(MS_DOMAIN), "MatMulNBits") => linalg::matmul_nbits(c),
+            (domain, _) => Err(format!(
+                "op `{op}` of domain `{}` is not supported by edgeforge's evaluator (of {MS_DOMAIN} it runs MatMulNBits)",
+                domain.unwrap_or_default()
+            )),
+        };
     }
     match op {
         "Identity" => Ok(c.arg(0)?.clone()),
-        "Add" => binary(c, |a, b| a + b, |a, b| a + b),
-        "Sub" => binary(c, |a, b| a - b, |a, b| a - b),
-        "Mul" => binary(c, |a, b| a * b, |a, b| a * b),
-        "Div" => binary(c, |a, b| a / b, |a, b| if b == 0 { 0 } else { a / b }),
-        "Max" => binary(c, f32::max, i64::max),
-        "Sqrt" => unary(c, f32::sqrt),
-        "Erf" => unary(c, erf),
-        "Shape" => {
-            let s = &c.arg(0)?.shape;
-            Ok(Value::i64(
-                vec![s.len()],
-                s.iter().map(|&d| d as i64).collect(),
-            ))
-        }
-        "Range" => {
-            let (s, l, d) = (c.i64s(0)?, c.i64s(1)?, c.i64s(2)?);
-            let (s, l, d) = (one(s)?, one(l)?, one(d)?);
-            if d <= 0 {
-                return Err("only positive deltas are supported".into());
-            }
-            let v: Vec<i64> = (s..l).step_by(d as usize).collect();
-            Ok(Value::i64(vec![v.len()], v))
-        }
-        "Cast" => cast(c),
+        "Add" => ew::arith(c, Arith::Add),
+        "Sub" => ew::arith(c, Arith::Sub),
+        "Mul" => ew::arith(c, Arith::Mul),
+        "Div" => ew::arith(c, Arith::Div),
+        "Max" => ew::arith(c, Arith::Max),
+        "Min" => ew::arith(c, Arith::Min),
+        "Equal" => ew::compare(c, Cmp::Equal),
+        "Less" => ew::compare(c, Cmp::Less),
+        "LessOrEqual" => ew::compare(c, Cmp::LessOrEqual),
+        "Greater" => ew::compare(c, Cmp::Greater),
+        "GreaterOrEqual" => ew::compare(c, Cmp::GreaterOrEqual),
+        "And" => ew::logic(c, Logic::And),
+        "Or" => ew::logic(c, Logic::Or),
+        "Xor" => ew::logic(c, Logic::Xor),
+        "Not" => ew::not(c),
+        "Where" => ew::select(c),
+        "Sqrt" => ew::unary(c, f32::sqrt),
+        "Erf" => ew::unary(c, ew::erf),
+        "Neg" => ew::unary(c, |x| -x),
+        "Exp" => ew::unary(c, f32::exp),
+        "Abs" => ew::unary(c, f32::abs),
+        "Floor" => ew::unary(c, f32::floor),
+        "Sign" => ew::unary(c, ew::sign),
+        "Cast" => ew::cast(c),
+        "Shape" => shape(c),
+        "Range" => range(c),
         "Gather" => gather(c),
         "Reshape" => reshape(c),
         "Unsqueeze" => unsqueeze(c),
         "Transpose" => transpose(c),
-        "MatMul" => matmul(c),
+        "Concat" => concat(c),
+        "MatMul" => linalg::matmul(c),
+        "Gemm" => linalg::gemm(c),
         "Softmax" => softmax(c),
         "LayerNormalization" => layer_norm(c),
-        "ReduceSum" => reduce_sum(c),
-        "QuantizeLinear" => quantize(c),
-        "DequantizeLinear" => dequantize(c),
+        "ReduceSum" => reduce::reduce(c, Reduce::Sum),
+        "ReduceMean" => reduce::reduce(c, Reduce::Mean),
+        "ReduceMax" => reduce::reduce(c, Reduce::Max),
+        "ReduceMin" => reduce::reduce(c, Reduce::Min),
+        "QuantizeLinear" => qdq::quantize(c),
+        "DequantizeLinear" => qdq::dequantize(c),
         other => Err(format!(
             "op `{other}` is not supported by edgeforge's evaluator"
         )),
@@ -117,135 +152,31 @@ fn one(v: &[i64]) -> R<i64> {
     }
 }
 
-fn unary(c: &Ctx, f: impl Fn(f32) -> f32) -> R<Value> {
-    let (s, x) = c.f32(0)?;
-    Ok(Value::f32(s.to_vec(), x.iter().map(|&v| f(v)).collect()))
-}
-
-/// erf to f32 precision (Abramowitz & Stegun 7.1.26 in f64: |error| < 1.5e-7).
-pub fn erf(x: f32) -> f32 {
-    let x = f64::from(x);
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t
-        * (0.254_829_592
-            + t * (-0.284_496_736
-                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-    ((1.0 - poly * (-a * a).exp()).copysign(x)) as f32
-}
-
-/// numpy broadcasting of two shapes.
-fn broadcast(a: &[usize], b: &[usize]) -> R<Vec<usize>> {
-    let n = a.len().max(b.len());
-    (0..n)
-        .map(|i| {
-            let da = if i + a.len() >= n {
-                a[i + a.len() - n]
-            } else {
-                1
-            };
-            let db = if i + b.len() >= n {
-                b[i + b.len() - n]
-            } else {
-                1
-            };
-            match (da, db) {
-                (x, y) if x == y => Ok(x),
-                (1, y) => Ok(y),
-                (x, 1) => Ok(x),
-                _ => Err(format!("shapes {a:?} and {b:?} do not broadcast")),
-            }
-        })
-        .collect()
-}
-
-/// Element strides of `shape` read as `out`'s broadcast (0 where repeated).
-fn strides_in(shape: &[usize], out: &[usize]) -> Vec<usize> {
-    let n = out.len();
-    let mut strides = vec![0; n];
-    let mut s = 1;
-    for i in (0..shape.len()).rev() {
-        let o = i + n - shape.len();
-        strides[o] = if shape[i] == 1 { 0 } else { s };
-        s *= shape[i];
-    }
-    strides
-}
-
-fn zip_broadcast<T: Copy, U>(
-    (sa, a): (&[usize], &[T]),
-    (sb, b): (&[usize], &[T]),
-    f: impl Fn(T, T) -> U,
-) -> R<(Vec<usize>, Vec<U>)> {
-    let out = broadcast(sa, sb)?;
-    if sa == sb {
-        return Ok((out, a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()));
-    }
-    let n: usize = out.iter().product();
-    let (ta, tb) = (strides_in(sa, &out), strides_in(sb, &out));
-    let mut res = Vec::with_capacity(n);
-    let mut idx = vec![0usize; out.len()];
-    let (mut oa, mut ob) = (0usize, 0usize);
-    for _ in 0..n {
-        res.push(f(a[oa], b[ob]));
-        for d in (0..out.len()).rev() {
-            idx[d] += 1;
-            oa += ta[d];
-            ob += tb[d];
-            if idx[d] < out[d] {
-                break;
-            }
-            oa -= ta[d] * out[d];
-            ob -= tb[d] * out[d];
-            idx[d] = 0;
-        }
-    }
-    Ok((out, res))
-}
-
-fn binary(c: &Ctx, ff: impl Fn(f32, f32) -> f32, fi: impl Fn(i64, i64) -> i64) -> R<Value> {
-    let (a, b) = (c.arg(0)?, c.arg(1)?);
-    match (&a.data, &b.data) {
-        (Data::F32(x), Data::F32(y)) => {
-            let (s, v) = zip_broadcast((&a.shape, x), (&b.shape, y), ff)?;
-            Ok(Value::f32(s, v))
-        }
-        (Data::I64(x), Data::I64(y)) => {
-            let (s, v) = zip_broadcast((&a.shape, x), (&b.shape, y), fi)?;
-            Ok(Value::i64(s, v))
-        }
-        (x, y) => Err(format!("{} and {} inputs", x.type_name(), y.type_name())),
-    }
-}
-
-fn cast(c: &Ctx) -> R<Value> {
-    let x = c.arg(0)?;
-    let to = c.int("to", 0) as i32;
-    let data = match (to, &x.data) {
-        (data_type::FLOAT, Data::F32(v)) => Data::F32(v.clone()),
-        (data_type::FLOAT, Data::I64(v)) => Data::F32(v.iter().map(|&i| i as f32).collect()),
-        (data_type::INT64, Data::I64(v)) => Data::I64(v.clone()),
-        (data_type::INT64, Data::F32(v)) => Data::I64(v.iter().map(|&f| f as i64).collect()),
-        (to, from) => {
-            return Err(format!(
-                "Cast from {} to {} is not supported",
-                from.type_name(),
-                data_type::name(to)
-            ))
-        }
-    };
-    Ok(Value {
-        shape: x.shape.clone(),
-        data,
-    })
-}
-
-fn axis_of(axis: i64, rank: usize) -> R<usize> {
+pub(super) fn axis_of(axis: i64, rank: usize) -> R<usize> {
     let a = if axis < 0 { axis + rank as i64 } else { axis };
     usize::try_from(a)
         .ok()
         .filter(|&a| a < rank)
         .ok_or_else(|| format!("axis {axis} is out of range for rank {rank}"))
+}
+
+/// `Shape`, with opset 15's `start` / `end` slice of the dimensions.
+fn shape(c: &Ctx) -> R<Value> {
+    let s = &c.arg(0)?.shape;
+    let rank = s.len() as i64;
+    let clamp = |v: i64| (if v < 0 { v + rank } else { v }).clamp(0, rank) as usize;
+    let (start, end) = (clamp(c.int("start", 0)), clamp(c.int("end", rank)));
+    let dims: Vec<i64> = s[start..end.max(start)].iter().map(|&d| d as i64).collect();
+    Ok(Value::i64(vec![dims.len()], dims))
+}
+
+fn range(c: &Ctx) -> R<Value> {
+    let (s, l, d) = (one(c.i64s(0)?)?, one(c.i64s(1)?)?, one(c.i64s(2)?)?);
+    if d <= 0 {
+        return Err(format!("delta {d}: only positive deltas are supported"));
+    }
+    let v: Vec<i64> = (s..l).step_by(d as usize).collect();
+    Ok(Value::i64(vec![v.len()], v))
 }
 
 fn gather(c: &Ctx) -> R<Value> {
@@ -269,39 +200,37 @@ fn gather(c: &Ctx) -> R<Value> {
                 .ok_or_else(|| format!("index {i} is out of range for {n} entries"))
         })
         .collect::<R<Vec<usize>>>()?;
-    fn pick<T: Copy>(src: &[T], outer: usize, n: usize, inner: usize, rows: &[usize]) -> Vec<T> {
+    fn pick<T: Elem>(d: &Data, outer: usize, n: usize, inner: usize, rows: &[usize]) -> Data {
+        let src = T::slice(d).expect("by_type picked T from d");
         let mut out = Vec::with_capacity(outer * rows.len() * inner);
         for o in 0..outer {
             for &r in rows {
                 out.extend_from_slice(&src[(o * n + r) * inner..][..inner]);
             }
         }
-        out
+        T::wrap(out)
     }
-    let data = match &data.data {
-        Data::F32(v) => Data::F32(pick(v, outer, n, inner, &rows)),
-        Data::I64(v) => Data::I64(pick(v, outer, n, inner, &rows)),
-        Data::I8(v) => Data::I8(pick(v, outer, n, inner, &rows)),
-        Data::U8(v) => Data::U8(pick(v, outer, n, inner, &rows)),
-    };
-    Ok(Value { shape, data })
+    let out = by_type!(&data.data, T => pick::<T>(&data.data, outer, n, inner, &rows));
+    Ok(Value::new(shape, out))
 }
 
 fn reshape(c: &Ctx) -> R<Value> {
     let x = c.arg(0)?;
     let spec = c.i64s(1)?;
+    // allowzero = 1: a 0 is a zero-length dimension, not "copy the input's".
+    let literal_zero = c.int("allowzero", 0) != 0;
     let n: usize = x.shape.iter().product();
     let mut shape = Vec::with_capacity(spec.len());
     let mut infer = None;
     for (i, &d) in spec.iter().enumerate() {
         match d {
-            0 => shape.push(*x.shape.get(i).ok_or("0 past the input's rank")?),
-            -1 => {
+            0 if !literal_zero => shape.push(*x.shape.get(i).ok_or("0 past the input's rank")?),
+            -1 if infer.is_none() => {
                 infer = Some(i);
                 shape.push(1);
             }
-            d if d > 0 => shape.push(d as usize),
-            d => return Err(format!("bad dimension {d} in the shape")),
+            d if d >= 0 => shape.push(d as usize),
+            d => return Err(format!("bad dimension {d} in the shape {spec:?}")),
         }
     }
     if let Some(i) = infer {
@@ -316,10 +245,7 @@ fn reshape(c: &Ctx) -> R<Value> {
     if shape.iter().product::<usize>() != n {
         return Err(format!("cannot reshape {:?} to {spec:?}", x.shape));
     }
-    Ok(Value {
-        shape,
-        data: x.data.clone(),
-    })
+    Ok(Value::new(shape, x.data.clone()))
 }
 
 fn unsqueeze(c: &Ctx) -> R<Value> {
@@ -335,92 +261,109 @@ fn unsqueeze(c: &Ctx) -> R<Value> {
     for a in axes {
         shape.insert(a, 1);
     }
-    Ok(Value {
-        shape,
-        data: x.data.clone(),
-    })
+    Ok(Value::new(shape, x.data.clone()))
 }
 
 fn transpose(c: &Ctx) -> R<Value> {
-    let (s, x) = c.f32(0)?;
+    let x = c.arg(0)?;
+    let s = &x.shape;
     let rank = s.len();
     let perm: Vec<usize> = match c.ints("perm") {
         Some(p) => p.iter().map(|&a| axis_of(a, rank)).collect::<R<_>>()?,
         None => (0..rank).rev().collect(),
     };
+    let mut sorted = perm.clone();
+    sorted.sort_unstable();
+    if sorted != (0..rank).collect::<Vec<_>>() {
+        return Err(format!("perm {perm:?} is not a permutation of {rank} axes"));
+    }
     let out: Vec<usize> = perm.iter().map(|&p| s[p]).collect();
     let mut in_strides = vec![1usize; rank];
     for i in (0..rank.saturating_sub(1)).rev() {
         in_strides[i] = in_strides[i + 1] * s[i + 1];
     }
     let strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-    let n = x.len();
-    let mut res = Vec::with_capacity(n);
-    let mut idx = vec![0usize; rank];
-    let mut off = 0usize;
-    for _ in 0..n {
-        res.push(x[off]);
-        for d in (0..rank).rev() {
-            idx[d] += 1;
-            off += strides[d];
-            if idx[d] < out[d] {
-                break;
+    fn permute<T: Elem>(d: &Data, out: &[usize], strides: &[usize]) -> Data {
+        let x = T::slice(d).expect("by_type picked T from d");
+        let mut res = Vec::with_capacity(x.len());
+        let mut idx = vec![0usize; out.len()];
+        let mut off = 0usize;
+        for _ in 0..x.len() {
+            res.push(x[off]);
+            for d in (0..out.len()).rev() {
+                idx[d] += 1;
+                off += strides[d];
+                if idx[d] < out[d] {
+                    break;
+                }
+                off -= strides[d] * out[d];
+                idx[d] = 0;
             }
-            off -= strides[d] * out[d];
-            idx[d] = 0;
         }
+        T::wrap(res)
     }
-    Ok(Value::f32(out, res))
+    let data = by_type!(&x.data, T => permute::<T>(&x.data, &out, &strides));
+    Ok(Value::new(out, data))
 }
 
-fn matmul(c: &Ctx) -> R<Value> {
-    let ((sa, a), (sb, b)) = (c.f32(0)?, c.f32(1)?);
-    if sa.len() < 2 || sb.len() < 2 {
-        return Err("only matrices (rank >= 2) are supported".into());
-    }
-    let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
-    let (k2, n) = (sb[sb.len() - 2], sb[sb.len() - 1]);
-    if k != k2 {
-        return Err(format!("inner dimensions differ: {sa:?} x {sb:?}"));
-    }
-    let (ba, bb) = (&sa[..sa.len() - 2], &sb[..sb.len() - 2]);
-    let batch = broadcast(ba, bb)?;
-    let count: usize = batch.iter().product();
-    let (ta, tb) = (strides_in(ba, &batch), strides_in(bb, &batch));
-    let mut out = vec![0f32; count * m * n];
-    let mut idx = vec![0usize; batch.len()];
-    for i in 0..count {
-        let mut rem = i;
-        for d in (0..batch.len()).rev() {
-            idx[d] = rem % batch[d];
-            rem /= batch[d];
+/// `Concat` along `axis`; inputs may be empty along it (an empty KV cache).
+fn concat(c: &Ctx) -> R<Value> {
+    let parts = (0..c.args.len())
+        .map(|i| c.arg(i))
+        .collect::<R<Vec<&Value>>>()?;
+    let first = *parts.first().ok_or("no inputs")?;
+    let rank = first.shape.len();
+    let axis = axis_of(
+        attr(c.attrs, "axis")
+            .and_then(|a| a.i)
+            .ok_or("attribute axis is missing")?,
+        rank,
+    )?;
+    let mut shape = first.shape.clone();
+    shape[axis] = 0;
+    for (i, p) in parts.iter().enumerate() {
+        let same_elsewhere =
+            p.shape.len() == rank && (0..rank).all(|d| d == axis || p.shape[d] == first.shape[d]);
+        if !same_elsewhere {
+            return Err(format!(
+                "input {i} is {:?}, input 0 {:?}: they may differ only on axis {axis}",
+                p.shape, first.shape
+            ));
         }
-        let oa: usize = idx.iter().zip(&ta).map(|(i, s)| i * s).sum::<usize>() * m * k;
-        let ob: usize = idx.iter().zip(&tb).map(|(i, s)| i * s).sum::<usize>() * k * n;
-        // SAFETY: the three matrices are `m x k`, `k x n` and `m x n`
-        // row-major blocks inside their vectors, at the offsets computed
-        // from in-range batch indices.
-        unsafe {
-            small_gemm(
-                (m, n, k),
-                out[i * m * n..].as_mut_ptr(),
-                n,
-                a[oa..].as_ptr(),
-                (k, 1),
-                b[ob..].as_ptr(),
-                (n, 1),
-            );
+        if std::mem::discriminant(&p.data) != std::mem::discriminant(&first.data) {
+            return Err(format!(
+                "input {i} is {}, input 0 {}",
+                p.data.type_name(),
+                first.data.type_name()
+            ));
         }
+        shape[axis] += p.shape[axis];
     }
-    let mut shape = batch;
-    shape.extend([m, n]);
-    Ok(Value::f32(shape, out))
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    fn join<T: Elem>(parts: &[&Value], axis: usize, outer: usize, inner: usize) -> Data {
+        let total: usize = parts.iter().map(|p| p.data.len()).sum();
+        let mut out = Vec::with_capacity(total);
+        for o in 0..outer {
+            for p in parts {
+                let run = p.shape[axis] * inner;
+                let src = T::slice(&p.data).expect("types checked equal");
+                out.extend_from_slice(&src[o * run..][..run]);
+            }
+        }
+        T::wrap(out)
+    }
+    let data = by_type!(&first.data, T => join::<T>(&parts, axis, outer, inner));
+    Ok(Value::new(shape, data))
 }
 
 fn last_axis(c: &Ctx, s: &[usize], default: i64) -> R<usize> {
     let axis = axis_of(c.int("axis", default), s.len())?;
     if axis != s.len() - 1 {
-        return Err("only the last axis is supported".into());
+        return Err(format!(
+            "axis {axis} of rank {}: only the last axis is supported",
+            s.len()
+        ));
     }
     Ok(s[axis])
 }
@@ -429,7 +372,7 @@ fn softmax(c: &Ctx) -> R<Value> {
     let (s, x) = c.f32(0)?;
     let w = last_axis(c, s, -1)?;
     let mut out = x.to_vec();
-    for row in out.chunks_exact_mut(w) {
+    for row in out.chunks_exact_mut(w.max(1)) {
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let mut sum = 0f32;
         for v in row.iter_mut() {
@@ -451,7 +394,7 @@ fn layer_norm(c: &Ctx) -> R<Value> {
     }
     let eps = c.float("epsilon", 1e-5);
     let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks_exact(w) {
+    for row in x.chunks_exact(w.max(1)) {
         let mean = row.iter().sum::<f32>() / w as f32;
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
         let inv = 1.0 / (var + eps).sqrt();
@@ -461,157 +404,4 @@ fn layer_norm(c: &Ctx) -> R<Value> {
         }
     }
     Ok(Value::f32(s.to_vec(), out))
-}
-
-fn reduce_sum(c: &Ctx) -> R<Value> {
-    let (s, x) = c.f32(0)?;
-    let keep = c.int("keepdims", 1) != 0;
-    let axes: Vec<usize> = match c.opt(1) {
-        Some(v) => match &v.data {
-            Data::I64(a) => a.iter().map(|&a| axis_of(a, s.len())).collect::<R<_>>()?,
-            _ => return Err("axes must be int64".into()),
-        },
-        None => (0..s.len()).collect(),
-    };
-    let reduced: Vec<usize> = s
-        .iter()
-        .enumerate()
-        .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
-        .collect();
-    let n_out: usize = reduced.iter().product();
-    let mut out = vec![0f32; n_out];
-    let strides = strides_in(&reduced, s);
-    let mut idx = vec![0usize; s.len()];
-    let mut off = 0usize;
-    for &v in x {
-        out[off] += v;
-        for d in (0..s.len()).rev() {
-            idx[d] += 1;
-            off += strides[d];
-            if idx[d] < s[d] {
-                break;
-            }
-            off -= strides[d] * s[d];
-            idx[d] = 0;
-        }
-    }
-    let shape = if keep {
-        reduced
-    } else {
-        s.iter()
-            .enumerate()
-            .filter(|(i, _)| !axes.contains(i))
-            .map(|(_, &d)| d)
-            .collect()
-    };
-    Ok(Value::f32(shape, out))
-}
-
-/// Per-tensor or per-axis quantization parameters as one value per element
-/// position along `axis`.
-struct QParams<'a> {
-    scale: &'a [f32],
-    zero: Vec<i32>,
-    /// Elements between consecutive channels along the axis, and channel count.
-    inner: usize,
-    channels: usize,
-}
-
-impl QParams<'_> {
-    fn at(&self, i: usize) -> (f32, i32) {
-        let ch = if self.channels == 1 {
-            0
-        } else {
-            (i / self.inner) % self.channels
-        };
-        (self.scale[ch], self.zero[ch])
-    }
-}
-
-fn qparams<'a>(c: &'a Ctx, shape: &[usize]) -> R<(QParams<'a>, Option<&'a Data>)> {
-    let (ss, scale) = c.f32(1)?;
-    let zp = c.opt(2);
-    let zero: Vec<i32> = match zp.map(|z| &z.data) {
-        None => vec![0; scale.len()],
-        Some(Data::U8(z)) => z.iter().map(|&v| i32::from(v)).collect(),
-        Some(Data::I8(z)) => z.iter().map(|&v| i32::from(v)).collect(),
-        Some(other) => return Err(format!("zero point of type {}", other.type_name())),
-    };
-    if zero.len() != scale.len() {
-        return Err("scale and zero point differ in size".into());
-    }
-    let (inner, channels) =
-        if ss.iter().product::<usize>() <= 1 && ss.len() <= 1 && scale.len() == 1 {
-            (1, 1)
-        } else {
-            let axis = axis_of(c.int("axis", 1), shape.len())?;
-            if shape[axis] != scale.len() {
-                return Err(format!(
-                    "{} scales for axis {axis} of {shape:?}",
-                    scale.len()
-                ));
-            }
-            (shape[axis + 1..].iter().product(), shape[axis])
-        };
-    Ok((
-        QParams {
-            scale,
-            zero,
-            inner,
-            channels,
-        },
-        zp.map(|z| &z.data),
-    ))
-}
-
-/// `saturate(round_half_even(x / scale) + zero_point)`.
-pub fn quantize_value(x: f32, scale: f32, zero: i32, lo: i32, hi: i32) -> i32 {
-    let q = (x / scale).round_ties_even() as i64 + i64::from(zero);
-    q.clamp(i64::from(lo), i64::from(hi)) as i32
-}
-
-fn quantize(c: &Ctx) -> R<Value> {
-    let (s, x) = c.f32(0)?;
-    let (p, zp) = qparams(c, s)?;
-    let data = match zp {
-        Some(Data::I8(_)) => Data::I8(
-            x.iter()
-                .enumerate()
-                .map(|(i, &v)| {
-                    let (sc, z) = p.at(i);
-                    quantize_value(v, sc, z, -128, 127) as i8
-                })
-                .collect(),
-        ),
-        _ => Data::U8(
-            x.iter()
-                .enumerate()
-                .map(|(i, &v)| {
-                    let (sc, z) = p.at(i);
-                    quantize_value(v, sc, z, 0, 255) as u8
-                })
-                .collect(),
-        ),
-    };
-    Ok(Value {
-        shape: s.to_vec(),
-        data,
-    })
-}
-
-fn dequantize(c: &Ctx) -> R<Value> {
-    let x = c.arg(0)?;
-    let (p, _) = qparams(c, &x.shape)?;
-    let codes: Vec<i32> = match &x.data {
-        Data::I8(v) => v.iter().map(|&q| i32::from(q)).collect(),
-        Data::U8(v) => v.iter().map(|&q| i32::from(q)).collect(),
-        other => return Err(format!("input of type {}", other.type_name())),
-    };
-    // Runs of `inner` elements share one channel's parameters.
-    let mut out = Vec::with_capacity(codes.len());
-    for (run, qs) in codes.chunks(p.inner.max(1)).enumerate() {
-        let (sc, z) = p.at(run * p.inner);
-        out.extend(qs.iter().map(|&q| (q - z) as f32 * sc));
-    }
-    Ok(Value::f32(x.shape.clone(), out))
 }
