@@ -193,8 +193,8 @@ pub(super) fn prepare_nbits(c: &Ctx) -> R<Option<Dequantized>> {
     let (Some(b), Some(scales)) = (c.opt(1), c.opt(2)) else {
         return Ok(None);
     };
-    let zero_given = c.args.get(3).is_some_and(|z| z.is_some());
-    if c.node.input.get(3).is_some_and(|n| !n.is_empty()) && !zero_given {
+    let zero_named = c.node.input.get(3).is_some_and(|n| !n.is_empty());
+    if zero_named && c.opt(3).is_none() {
         return Ok(None);
     }
     dequantize_nbits(&a, b, scales, c.opt(3)).map(Some)
