@@ -196,7 +196,11 @@ mod tests {
         assert_eq!(m.codes.len(), 5 * block / 2);
         let decode = |c: usize| {
             let byte = m.codes[c / 2];
-            let code = if c % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+            let code = if c.is_multiple_of(2) {
+                byte & 0x0f
+            } else {
+                byte >> 4
+            };
             (f32::from(code) - 8.0) * m.scales[c / block]
         };
         for (c, &x) in src.iter().enumerate() {
