@@ -392,6 +392,7 @@ fn onnx_weights(bytes: &[u8], file: &Path) -> Result<(Weights, Vec<String>), Art
     // MatMulNBits weights: codes (input 1) in target-profile scheme names
     // by bits and block, scales and zero points (inputs 2, 3) side data.
     let mut nbits: BTreeMap<&str, (String, u64)> = BTreeMap::new();
+    let mut side = side;
     for n in graph
         .node
         .iter()
@@ -414,17 +415,8 @@ fn onnx_weights(bytes: &[u8], file: &Path) -> Result<(Weights, Vec<String>), Art
             let scheme = format!("int{bits}_g{block}_{zero}");
             nbits.insert(codes.as_str(), (scheme, (k.max(0) * rows.max(0)) as u64));
         }
+        side.extend(n.input.iter().skip(2).map(String::as_str));
     }
-    let side: BTreeSet<&str> = side
-        .into_iter()
-        .chain(
-            graph
-                .node
-                .iter()
-                .filter(|n| n.op_type.as_deref() == Some("MatMulNBits"))
-                .flat_map(|n| n.input.iter().skip(2).map(String::as_str)),
-        )
-        .collect();
     // Activation zero points: the third input of each QuantizeLinear.
     let act_zeros: BTreeSet<&str> = graph
         .node

@@ -10,15 +10,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-fn outcome<'a>(v: &'a Value, folder: &str) -> &'a Value {
-    v["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["target"] == folder)
-        .unwrap_or_else(|| panic!("no outcome for {folder}: {v}"))
-}
-
 fn variant<'a>(index: &'a Value, target: &str, runtime: &str) -> &'a Value {
     index["variants"]
         .as_array()

@@ -10,15 +10,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-fn outcome<'a>(v: &'a Value, folder: &str) -> &'a Value {
-    v["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["target"] == folder)
-        .unwrap_or_else(|| panic!("no outcome for {folder}: {v}"))
-}
-
 #[test]
 fn build_gives_npu_runtimes_int4_genai_folders_measured_from_the_graph() {
     let d = tempfile::tempdir().unwrap();

@@ -160,3 +160,13 @@ pub fn foreign_gguf(path: &Path, arch: &str, tensor: &str, dims: &[u64]) {
         .unwrap();
     s.finish().unwrap();
 }
+
+/// The row of `build --json`'s outcomes for artifact folder `folder`.
+pub fn outcome<'a>(v: &'a serde_json::Value, folder: &str) -> &'a serde_json::Value {
+    v["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["target"] == folder)
+        .unwrap_or_else(|| panic!("no outcome for {folder}: {v}"))
+}

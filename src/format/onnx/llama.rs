@@ -204,7 +204,8 @@ impl<'a> Builder<'a> {
     }
 
     /// `x @ W^T` for the `[n, k]` weight `name`: MatMulNBits over its Q4_0
-    /// blocks, else a float32 MatMul of its decoded values.
+    /// blocks (or, with [`Coding::Int4Sym`], over its float values quantized
+    /// at the coding's block), else a float32 MatMul of its decoded values.
     fn linear(
         &mut self,
         x: &str,

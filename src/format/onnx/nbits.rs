@@ -118,19 +118,25 @@ mod tests {
         (f32::from(code) - 8.0) * m.scales[block]
     }
 
-    #[test]
-    fn repacked_blocks_decode_to_the_q4_0_values() {
-        let (rows, cols) = (3, 64);
-        let src: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-            .collect();
-        let mut bytes = vec![0u8; rows * cols / BLOCK * Q4_0_BYTES];
+    /// `src` as GGUF Q4_0 blocks, by ggml's reference quantizer.
+    fn q4_0_bytes(src: &[f32]) -> Vec<u8> {
+        let mut bytes = vec![0u8; src.len() / BLOCK * Q4_0_BYTES];
         for (x, out) in src
             .chunks_exact(BLOCK)
             .zip(bytes.chunks_exact_mut(Q4_0_BYTES))
         {
             legacy::q4_0(x.try_into().unwrap(), out);
         }
+        bytes
+    }
+
+    #[test]
+    fn repacked_blocks_decode_to_the_q4_0_values() {
+        let (rows, cols) = (3, 64);
+        let src: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let bytes = q4_0_bytes(&src);
         let mut want = vec![0f32; rows * cols];
         for (b, out) in bytes
             .chunks_exact(Q4_0_BYTES)
@@ -171,13 +177,7 @@ mod tests {
         let src: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 53 % 97) as f32 - 48.0) / 5.0)
             .collect();
-        let mut bytes = vec![0u8; rows * cols / BLOCK * Q4_0_BYTES];
-        for (x, out) in src
-            .chunks_exact(BLOCK)
-            .zip(bytes.chunks_exact_mut(Q4_0_BYTES))
-        {
-            legacy::q4_0(x.try_into().unwrap(), out);
-        }
+        let bytes = q4_0_bytes(&src);
         let ours = quantize_sym(&src, rows, cols, BLOCK);
         let q4_0 = from_q4_0(&bytes, rows, cols).unwrap();
         assert_eq!(ours.codes, q4_0.codes);
